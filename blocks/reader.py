@@ -1,0 +1,180 @@
+"""Reading blocks: listing, meta.json, series and samples tables, through the object store."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from blocks.encoding import decode_values
+from blocks.errors import BlockCorruptError, ObjectNotFound
+from blocks.layout import (
+    DELETION_MARK_FILE, NO_COMPACT_MARK_FILE, RESERVED_PREFIX, SAMPLES_FILE, SERIES_FILE,
+    block_file_key, meta_key, tenant_prefix, validate_tenant,
+)
+from blocks.meta import BlockMeta, DeletionMark, NoCompactMark
+from blocks.objstore import LocalDirStore, ObjectStore, unwrap
+from blocks.ulid import is_ulid
+
+
+class StoreFile(io.RawIOBase):
+    """A seekable read-only file over an object, fetched with ranged GETs (bounded memory)."""
+
+    def __init__(self, store: ObjectStore, key: str, size: int) -> None:
+        self.store, self.key, self.size, self.pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        n = min(len(buf), self.size - self.pos)
+        if n <= 0:
+            return 0
+        data = self.store.get_range(self.key, self.pos, n)
+        buf[: len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def open_object(store: ObjectStore, key: str, size: int):
+    """A binary file object for a stored object: the local file itself, or ranged reads."""
+    base = unwrap(store)
+    if isinstance(base, LocalDirStore):
+        try:
+            return open(base.path(key), "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+    return io.BufferedReader(StoreFile(store, key, size), buffer_size=4 << 20)
+
+
+def list_tenants(store: ObjectStore) -> list[str]:
+    """Tenants that have at least one object in the bucket."""
+    out = []
+    for p in store.list("", recursive=False):
+        if p.endswith("/") and p != RESERVED_PREFIX:
+            try:
+                out.append(validate_tenant(p[:-1]))
+            except Exception:
+                continue
+    return out
+
+
+def list_block_ids(store: ObjectStore, tenant: str) -> list[str]:
+    """Block directories of a tenant, committed or not."""
+    return [p[:-1].rsplit("/", 1)[-1] for p in store.list(tenant_prefix(tenant), recursive=False)
+            if p.endswith("/") and is_ulid(p[:-1].rsplit("/", 1)[-1])]
+
+
+def load_meta(store: ObjectStore, tenant: str, block_id: str) -> BlockMeta:
+    """Read and validate a block's meta.json; ObjectNotFound if the block is not committed."""
+    meta = BlockMeta.from_json(store.get(meta_key(tenant, block_id)), block_id=block_id)
+    if meta.tenant != tenant:
+        raise BlockCorruptError(f"block {block_id} in tenant {tenant} claims tenant {meta.tenant}", block_id)
+    return meta
+
+
+@dataclass(frozen=True)
+class BlockListing:
+    """What one tenant's prefix holds: committed metas, marks, unfinished directories."""
+
+    metas: list[BlockMeta]
+    deletion_marks: dict[str, DeletionMark]
+    no_compact_marks: dict[str, NoCompactMark]
+    unfinished: list[str]
+    corrupt: dict[str, str]
+
+
+def load_listing(store: ObjectStore, tenant: str) -> BlockListing:
+    """One LIST of the tenant plus a GET per meta and mark."""
+    files: dict[str, set[str]] = {}
+    for key in store.list(tenant_prefix(tenant)):
+        parts = key.split("/")
+        if len(parts) == 3 and is_ulid(parts[1]):
+            files.setdefault(parts[1], set()).add(parts[2])
+    metas, dmarks, ncmarks, unfinished, corrupt = [], {}, {}, [], {}
+    for block_id, names in sorted(files.items()):
+        if "meta.json" not in names:
+            unfinished.append(block_id)
+            continue
+        try:
+            metas.append(load_meta(store, tenant, block_id))
+            if DELETION_MARK_FILE in names:
+                dmarks[block_id] = DeletionMark.from_json(
+                    store.get(block_file_key(tenant, block_id, DELETION_MARK_FILE)))
+            if NO_COMPACT_MARK_FILE in names:
+                ncmarks[block_id] = NoCompactMark.from_json(
+                    store.get(block_file_key(tenant, block_id, NO_COMPACT_MARK_FILE)))
+        except BlockCorruptError as e:
+            corrupt[block_id] = str(e)
+        except ObjectNotFound:
+            unfinished.append(block_id)  # deleted between LIST and GET
+    metas.sort(key=lambda m: (m.resolution_ms, m.min_time, m.ulid))
+    return BlockListing(metas, dmarks, ncmarks, unfinished, corrupt)
+
+
+def read_series(store: ObjectStore, meta: BlockMeta) -> pa.Table:
+    """The block's series.parquet as an Arrow table."""
+    entry = meta.file(SERIES_FILE)
+    with open_object(store, block_file_key(meta.tenant, meta.ulid, SERIES_FILE), entry.size_bytes) as f:
+        return pq.read_table(f)
+
+
+def samples_file(store: ObjectStore, meta: BlockMeta) -> pq.ParquetFile:
+    """The block's samples.parquet opened for row-group reads (caller closes it)."""
+    entry = meta.file(SAMPLES_FILE)
+    return pq.ParquetFile(open_object(store, block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE),
+                                      entry.size_bytes))
+
+
+def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
+    """On-disk raw columns to (series_ref, ts, value), bit-exact."""
+    names = table.schema.names
+    refs, ts = table.column("series_ref"), table.column("ts")
+    if "value_mantissa" not in names:
+        return pa.table({"series_ref": refs, "ts": ts, "value": table.column("value")})
+    v = table.column("value")
+    m = table.column("value_mantissa")
+    s = table.column("value_scale")
+    m_valid = m.is_valid().to_numpy(zero_copy_only=False)
+    f = v.fill_null(0.0).to_numpy(zero_copy_only=False)
+    values = decode_values(f, m.fill_null(0).to_numpy(zero_copy_only=False), m_valid,
+                           s.fill_null(0).to_numpy(zero_copy_only=False))
+    return pa.table({"series_ref": refs, "ts": ts, "value": pa.array(values)})
+
+
+def iter_raw_samples(store: ObjectStore, meta: BlockMeta) -> Iterator[pa.Table]:
+    """Decoded raw samples, one row group at a time."""
+    pf = samples_file(store, meta)
+    try:
+        for i in range(pf.num_row_groups):
+            yield decode_raw(pf.read_row_group(i))
+    finally:
+        pf.close()
+
+
+def read_raw_samples(store: ObjectStore, meta: BlockMeta) -> pa.Table:
+    """All decoded raw samples of a block."""
+    parts = list(iter_raw_samples(store, meta))
+    return pa.concat_tables(parts) if parts else pa.table(
+        {"series_ref": pa.array([], pa.uint32()), "ts": pa.array([], pa.int64()),
+         "value": pa.array([], pa.float64())})
+
+
+def raw_value_bits(values: np.ndarray) -> np.ndarray:
+    """Values as uint64 bit patterns, for exact comparisons that treat NaNs by their bits."""
+    return np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
