@@ -333,8 +333,11 @@ class S3Store:
                 return self.client.head_object(Bucket=self.bucket, Key=self._k(key))["ETag"]
             return self._call("put", key, upload)
         body = _payload_bytes(data)
-        return self._call("put", key, lambda: self.client.put_object(
-            Bucket=self.bucket, Key=self._k(key), Body=body, **extra)["ETag"])
+        try:
+            return self._call("put", key, lambda: self.client.put_object(
+                Bucket=self.bucket, Key=self._k(key), Body=body, **extra)["ETag"])
+        except ObjectNotFound:
+            raise PreconditionFailed(key) from None  # S3 answers If-Match on a missing key with 404
 
     def put_if_absent(self, key: str, data: Payload) -> str:
         body = _payload_bytes(data)

@@ -134,11 +134,10 @@ def read_series(store: ObjectStore, meta: BlockMeta) -> pa.Table:
         return pq.read_table(f)
 
 
-def samples_file(store: ObjectStore, meta: BlockMeta) -> pq.ParquetFile:
-    """The block's samples.parquet opened for row-group reads (caller closes it)."""
+def open_samples(store: ObjectStore, meta: BlockMeta):
+    """The block's samples.parquet as a binary file object (use as a context manager)."""
     entry = meta.file(SAMPLES_FILE)
-    return pq.ParquetFile(open_object(store, block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE),
-                                      entry.size_bytes))
+    return open_object(store, block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE), entry.size_bytes)
 
 
 def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -159,12 +158,10 @@ def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
 
 def iter_raw_samples(store: ObjectStore, meta: BlockMeta) -> Iterator[pa.Table]:
     """Decoded raw samples, one row group at a time."""
-    pf = samples_file(store, meta)
-    try:
+    with open_samples(store, meta) as fh:
+        pf = pq.ParquetFile(fh)
         for i in range(pf.num_row_groups):
             yield decode_raw(pf.read_row_group(i))
-    finally:
-        pf.close()
 
 
 def read_raw_samples(store: ObjectStore, meta: BlockMeta) -> pa.Table:

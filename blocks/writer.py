@@ -17,7 +17,9 @@ import pyarrow.parquet as pq
 from blocks.encoding import encode_values
 from blocks.errors import BlockCorruptError, InvalidInputError
 from blocks.labels import Labels
-from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, validate_tenant
+from blocks.layout import (
+    SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, validate_block_id, validate_tenant,
+)
 from blocks.meta import BlockMeta, BlockStats, FileEntry, Resolution
 from blocks.objstore import ObjectStore
 from blocks.series import build_series_table
@@ -152,7 +154,7 @@ def write_block(store: ObjectStore, spec: BlockSpec, series: Sequence[Labels], t
     validate_tenant(spec.tenant)
     if spec.min_time >= spec.max_time:
         raise InvalidInputError(f"empty block range [{spec.min_time}, {spec.max_time})")
-    block_id = block_id or new_ulid(now_ms)
+    block_id = validate_block_id(block_id) if block_id else new_ulid(now_ms)
     scratch = Path(tempfile.mkdtemp(prefix=f"strata-{block_id}-", dir=options.scratch_dir))
     try:
         series_table = build_series_table(series, types)

@@ -36,10 +36,13 @@ def _fail(path: str, line: int, reason: str) -> InvalidInputError:
     return InvalidInputError(f"{path}:{line}: {reason}")
 
 
-def detect_format(lines: pl.Series) -> str:
-    """'openmetrics' if the last non-empty line is '# EOF', else 'prometheus'."""
-    non_empty = lines.filter(lines.str.strip_chars() != "")
-    return "openmetrics" if len(non_empty) and non_empty[-1].strip() == "# EOF" else "prometheus"
+def detect_format(path: Path, lines: pl.Series) -> str:
+    """By extension (.om/.openmetrics, .prom/.txt), else 'openmetrics' if any line is '# EOF'."""
+    if path.suffix in (".om", ".openmetrics"):
+        return "openmetrics"
+    if path.suffix in (".prom", ".txt"):
+        return "prometheus"
+    return "openmetrics" if (lines == "# EOF").any() else "prometheus"
 
 
 def _read_lines(path: Path) -> pl.Series:
@@ -125,7 +128,7 @@ def parse_text_file(path: Path, fmt: str = "auto") -> ParsedText:
     name = str(path)
     lines = _read_lines(path)
     if fmt == "auto":
-        fmt = detect_format(lines)
+        fmt = detect_format(path, lines)
     if fmt not in ("openmetrics", "prometheus"):
         raise InvalidInputError(f"unknown format {fmt!r}")
     df = pl.DataFrame({"line": pl.int_range(1, len(lines) + 1, eager=True, dtype=pl.UInt32),

@@ -1,0 +1,36 @@
+# Strata — the two commands: `make demo` and `make test`.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= ./data
+BUCKET ?= $(DATA)/bucket
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# Two days of generated data into a local bucket, imported, verified, then the nightly job.
+demo: install
+	rm -rf $(DATA) && mkdir -p $(DATA)
+	$(BIN)/strata generate --series 500 --hours 48 --out $(DATA)/demo.om
+	$(BIN)/strata import --bucket $(BUCKET) --tenant demo $(DATA)/demo.om
+	$(BIN)/strata blocks verify --bucket $(BUCKET)
+	$(BIN)/strata blocks ls --bucket $(BUCKET)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not integration and not slow"
+
+bench: install
+	$(BIN)/python bench/bench_raw.py
+
+clean:
+	rm -rf $(DATA) bench/out .pytest_cache .hypothesis
