@@ -21,6 +21,8 @@ demo: install
 	$(BIN)/strata generate --series 500 --hours 48 --out $(DATA)/demo.om
 	$(BIN)/strata import --bucket $(BUCKET) --tenant demo $(DATA)/demo.om
 	$(BIN)/strata blocks verify --bucket $(BUCKET)
+	$(BIN)/strata compact --bucket $(BUCKET) --once
+	$(BIN)/strata blocks verify --bucket $(BUCKET)
 	$(BIN)/strata blocks ls --bucket $(BUCKET)
 
 test: install

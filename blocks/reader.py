@@ -128,10 +128,13 @@ def load_listing(store: ObjectStore, tenant: str) -> BlockListing:
 
 
 def read_series(store: ObjectStore, meta: BlockMeta) -> pa.Table:
-    """The block's series.parquet as an Arrow table."""
+    """The block's series.parquet as an Arrow table; BlockCorruptError if unreadable."""
     entry = meta.file(SERIES_FILE)
-    with open_object(store, block_file_key(meta.tenant, meta.ulid, SERIES_FILE), entry.size_bytes) as f:
-        return pq.read_table(f)
+    try:
+        with open_object(store, block_file_key(meta.tenant, meta.ulid, SERIES_FILE), entry.size_bytes) as f:
+            return pq.read_table(f)
+    except pa.ArrowException as e:
+        raise BlockCorruptError(f"read series.parquet of block {meta.ulid}: {e}", meta.ulid) from None
 
 
 def open_samples(store: ObjectStore, meta: BlockMeta):
@@ -159,9 +162,12 @@ def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
 def iter_raw_samples(store: ObjectStore, meta: BlockMeta) -> Iterator[pa.Table]:
     """Decoded raw samples, one row group at a time."""
     with open_samples(store, meta) as fh:
-        pf = pq.ParquetFile(fh)
-        for i in range(pf.num_row_groups):
-            yield decode_raw(pf.read_row_group(i))
+        try:
+            pf = pq.ParquetFile(fh)
+            for i in range(pf.num_row_groups):
+                yield decode_raw(pf.read_row_group(i))
+        except pa.ArrowException as e:
+            raise BlockCorruptError(f"read samples.parquet of block {meta.ulid}: {e}", meta.ulid) from None
 
 
 def read_raw_samples(store: ObjectStore, meta: BlockMeta) -> pa.Table:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from blocks.cli import app as blocks_app
+from compactor.compact_cli import compact_cmd
 from ingest.cli import generate_cmd, import_cmd
 
 app = typer.Typer(
@@ -16,12 +20,25 @@ app = typer.Typer(
 )
 app.command("import")(import_cmd)
 app.command("generate")(generate_cmd)
+app.command("compact")(compact_cmd)
 app.add_typer(blocks_app, name="blocks")
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Console entry point.
+
+    Ends with os._exit after flushing: every file we write is closed and fsynced by then, and
+    skipping interpreter teardown avoids an intermittent abort ("terminate called without an
+    active exception") in native thread-pool destructors of the Arrow/Polars runtimes.
+    """
+    code = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ import pyarrow as pa
 
 from blocks.errors import InvalidInputError, StrataError
 from blocks.labels import METRIC_NAME, Labels, parse_series, series_sort_key
-from blocks.layout import block_file_key, meta_key, validate_tenant
+from blocks.layout import validate_tenant
+from blocks.marks import block_file_names, delete_block
 from blocks.meta import BlockMeta
 from blocks.objstore import ObjectStore
 from blocks.writer import BlockSpec, WriterOptions, write_block
+from compactor.merge import sort_dedup
 from ingest.parquet_long import parse_parquet_file
 from ingest.textformat import ParsedText, infer_type, name_types, parse_text_file
 
@@ -91,30 +93,9 @@ def prepare(parsed: Sequence[ParsedText]) -> PreparedSamples:
         return PreparedSamples([], [], np.array([], np.int64), np.array([], np.int64),
                                np.array([], np.float64), 0, 0)
     df = pl.concat(frames)
-    rank = rank_of[df["gid"].to_numpy()]
-    ts = df["ts"].to_numpy()
-    values = df["value"].to_numpy()
-    # Stable sort by (rank, ts): later input stays later, so "last wins" keeps the last row.
-    idx = np.lexsort((ts, rank))
-    rank, ts, values = rank[idx], ts[idx], values[idx]
-    same_next = np.zeros(len(rank), dtype=bool)
-    same_next[:-1] = (rank[1:] == rank[:-1]) & (ts[1:] == ts[:-1])
-    keep = ~same_next
-    dropped = np.nonzero(same_next)[0]
-    conflicts = 0
-    if len(dropped):
-        kept_idx = np.nonzero(keep)[0]
-        winner = kept_idx[np.searchsorted(kept_idx, dropped)]
-        bits = values.view(np.uint64)
-        conflicts = int(np.count_nonzero(bits[dropped] != bits[winner]))
-    return PreparedSamples(sorted_series, types, rank[keep], ts[keep], values[keep],
-                           int(len(dropped)) - conflicts, conflicts)
-
-
-def _remove_block(store: ObjectStore, meta: BlockMeta) -> None:
-    store.delete(meta_key(meta.tenant, meta.ulid))  # meta first: the block stops existing at once
-    for f in meta.files:
-        store.delete(block_file_key(meta.tenant, meta.ulid, f.name))
+    d = sort_dedup(rank_of[df["gid"].to_numpy()], df["ts"].to_numpy(), df["value"].to_numpy())
+    return PreparedSamples(sorted_series, types, d.series, d.ts, d.values, d.identical_dropped,
+                           d.conflicts_last_wins)
 
 
 def write_prepared(store: ObjectStore, tenant: str, prep: PreparedSamples, *, now_ms: int,
@@ -148,7 +129,7 @@ def write_prepared(store: ObjectStore, tenant: str, prep: PreparedSamples, *, no
     except BaseException:
         for meta in written:
             try:
-                _remove_block(store, meta)
+                delete_block(store, meta.tenant, meta.ulid, block_file_names(meta))
             except StrataError:
                 pass
         raise

@@ -1,0 +1,135 @@
+"""One pass of the nightly job: compact -> downsample (cascade) -> remove marked -> clean."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from blocks.errors import HaltError, RetryableError
+from blocks.marks import block_file_names, delete_block, mark_for_deletion, mark_no_compact
+from blocks.meta import BlockMeta
+from blocks.objstore import CountingStore, ObjectNotFound
+from blocks.reader import list_tenants, load_listing
+from blocks.writer import WriterOptions
+from compactor.execute import run_compact, run_downsample
+from compactor.planner import DAY_MS, plan_compaction, plan_downsampling
+
+
+@dataclass(frozen=True)
+class CompactorConfig:
+    """Knobs of the nightly job; durations in ms."""
+
+    range_ms: int = DAY_MS
+    grace_ms: int = 3_600_000
+    deletion_delay_ms: int = 48 * 3_600_000
+    unfinished_grace_ms: int = 6 * 3_600_000
+    writer: WriterOptions = WriterOptions()
+
+
+@dataclass
+class Summary:
+    """What a pass did; printed and returned as JSON."""
+
+    compacted: list[dict] = field(default_factory=list)
+    downsampled: list[dict] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    cleaned_unfinished: list[str] = field(default_factory=list)
+    halted: list[dict] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    requests: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        """JSON-friendly form."""
+        return dict(self.__dict__)
+
+
+def _out(meta: BlockMeta) -> dict:
+    return {"tenant": meta.tenant, "ulid": meta.ulid, "resolution": meta.resolution.label,
+            "min_time": meta.min_time, "max_time": meta.max_time, "series": meta.stats.series,
+            "rows": meta.stats.rows, "samples": meta.stats.samples, "bytes": meta.stats.bytes}
+
+
+def _excluded(listing) -> set[str]:
+    return set(listing.deletion_marks) | set(listing.no_compact_marks) | set(listing.corrupt)
+
+
+def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = CompactorConfig(),
+             tenants: list[str] | None = None) -> Summary:
+    """One idempotent pass over every tenant; integrity problems mark the group no-compact."""
+    s = Summary()
+    t0 = time.perf_counter()
+    for tenant in tenants or list_tenants(store):
+        try:
+            _compact_tenant(store, tenant, now_ms, cfg, s)
+            _downsample_tenant(store, tenant, now_ms, cfg, s)
+        except RetryableError as e:
+            s.retry.append(f"{tenant}: {e}")
+    s.seconds["compact_and_downsample"] = round(time.perf_counter() - t0, 3)
+    t1 = time.perf_counter()
+    for tenant in tenants or list_tenants(store):
+        try:
+            _cleanup_tenant(store, tenant, now_ms, cfg, s)
+        except RetryableError as e:
+            s.retry.append(f"{tenant}: {e}")
+    s.seconds["cleanup"] = round(time.perf_counter() - t1, 3)
+    s.requests = store.counts.as_dict() if hasattr(store, "counts") else {}
+    return s
+
+
+def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary) -> None:
+    listing = load_listing(store, tenant)
+    excluded = _excluded(listing)
+    # Crash recovery: a source whose merged block was committed but which was not marked yet.
+    merged_into = {p: m.ulid for m in listing.metas for p in m.parents if m.resolution_ms == 0}
+    for m in listing.metas:
+        if m.resolution_ms == 0 and m.ulid in merged_into and m.ulid not in excluded:
+            mark_for_deletion(store, tenant, m.ulid, f"compacted into {merged_into[m.ulid]}", now_ms)
+            excluded.add(m.ulid)
+    metas = {m.ulid: m for m in listing.metas}
+    for job in plan_compaction(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
+                               excluded=sorted(excluded)):
+        try:
+            new, stats = run_compact(store, job, metas, now_ms=now_ms, options=cfg.writer)
+            s.compacted.append({**_out(new), "sources": list(job.sources), **stats})
+        except HaltError as e:
+            for u in job.sources:
+                mark_no_compact(store, tenant, u, str(e), now_ms)
+            s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
+
+
+def _downsample_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary) -> None:
+    for _ in range(3):  # raw->5m, then 5m->1h, then 1h->1d as new blocks appear
+        listing = load_listing(store, tenant)
+        jobs = plan_downsampling(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
+                                 excluded=sorted(_excluded(listing)))
+        if not jobs:
+            return
+        metas = {m.ulid: m for m in listing.metas}
+        for job in jobs:
+            try:
+                new = run_downsample(store, job, metas[job.source], now_ms=now_ms, options=cfg.writer)
+                if new is not None:
+                    s.downsampled.append({**_out(new), "source": job.source})
+            except HaltError as e:
+                mark_no_compact(store, tenant, job.source, str(e), now_ms)
+                s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
+
+
+def _cleanup_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary) -> None:
+    listing = load_listing(store, tenant)
+    metas = {m.ulid: m for m in listing.metas}
+    for ulid, mark in listing.deletion_marks.items():
+        if now_ms - mark.deletion_time_ms >= cfg.deletion_delay_ms and ulid in metas:
+            delete_block(store, tenant, ulid, block_file_names(metas[ulid]))
+            s.deleted.append(f"{tenant}/{ulid}")
+    for ulid in listing.unfinished:
+        keys = store.list(f"{tenant}/{ulid}/")
+        try:
+            newest = max(store.stat(k).last_modified_ms for k in keys) if keys else 0
+        except ObjectNotFound:
+            continue
+        if now_ms - newest >= cfg.unfinished_grace_ms:
+            for k in keys:
+                store.delete(k)
+            s.cleaned_unfinished.append(f"{tenant}/{ulid}")
