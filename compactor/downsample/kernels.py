@@ -47,6 +47,12 @@ def _window_end(res_ms: int) -> pl.Expr:
     return (pl.col("ts") // res_ms) * res_ms + (res_ms - 1)
 
 
+def _same_window_as_previous() -> pl.Expr:
+    """True where the row before is the same series in the same target window."""
+    return ((pl.col("series_ref") == pl.col("series_ref").shift(1))
+            & (pl.col("window") == pl.col("window").shift(1)))
+
+
 def _prepare_raw(raw: pl.DataFrame, res_ms: int) -> pl.DataFrame:
     return (raw.lazy()
             .filter(~pl.col("value").is_nan())
@@ -79,7 +85,7 @@ def counter_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
         return merge_windows(counter_windows(raw, _below(res_ms)), res_ms, COUNTER)
     df = _prepare_raw(raw, res_ms)
     prev = pl.col("value").shift(1)
-    same = (pl.col("series_ref") == pl.col("series_ref").shift(1)) & (pl.col("window") == pl.col("window").shift(1))
+    same = _same_window_as_previous()
     df = df.with_columns(
         delta=pl.when(same).then(pl.when(pl.col("value") >= prev).then(pl.col("value") - prev)
                                  .otherwise(pl.col("value"))).otherwise(0.0),
@@ -112,7 +118,7 @@ def merge_windows(fine: pl.DataFrame, res_ms: int, kind: str) -> pl.DataFrame:
                  pl.col("max").max().alias("max")]
     if kind in (COUNTER, UNKNOWN):
         prev_last = pl.col("last").shift(1)
-        same = (pl.col("series_ref") == pl.col("series_ref").shift(1)) & (pl.col("window") == pl.col("window").shift(1))
+        same = _same_window_as_previous()
         df = df.with_columns(
             boundary=pl.when(same).then(pl.when(pl.col("first") >= prev_last).then(pl.col("first") - prev_last)
                                         .otherwise(pl.col("first"))).otherwise(0.0),
