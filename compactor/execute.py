@@ -1,6 +1,19 @@
-"""Executing compaction and downsampling jobs: read, call kernels, write, then mark sources."""
+"""Executing compaction and downsampling jobs with bounded memory.
+
+Compaction is an external merge: every source block is streamed one row group at a time and
+partitioned by output-series range into scratch Parquet files; each partition (a contiguous
+range of output series) is then sorted, deduplicated and streamed into the block writer. Peak
+memory is one row group plus one partition, whatever the block size. Downsampling streams the
+source's row groups cut at series boundaries (windows never span series).
+"""
 
 from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -12,12 +25,36 @@ from blocks.labels import METRIC_NAME, Labels, series_hash, series_sort_key
 from blocks.marks import mark_for_deletion
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
-from blocks.reader import open_samples, read_raw_samples, read_series
+from blocks.reader import decode_raw, open_samples, read_series
 from blocks.series import series_labels
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from compactor.downsample.kernels import SCHEMA, columns_for, downsample, merge_windows
+from compactor.ha import dedup_replicas
 from compactor.merge import sort_dedup
 from compactor.planner import CompactJob, DownsampleJob
+
+
+@dataclass(frozen=True)
+class ExecOptions:
+    """How jobs run: memory budget (as rows per partition), scratch dir, HA dedup, filters."""
+
+    writer: WriterOptions = WriterOptions()
+    partition_rows: int = 4_000_000
+    scratch_dir: str | None = None
+    dedup_replica_label: str | None = None
+    downsample_exclude: Callable[[Labels], bool] | None = None
+
+
+@dataclass
+class JobStats:
+    """Counts a job reports."""
+
+    samples_in: int = 0
+    identical_dropped: int = 0
+    conflicts_last_wins: int = 0
+    replica_samples_dropped: int = 0
+    partitions: int = 0
+    extra: dict = field(default_factory=dict)
 
 
 def _series_of(store: ObjectStore, meta: BlockMeta) -> tuple[list[Labels], list[str]]:
@@ -25,94 +62,204 @@ def _series_of(store: ObjectStore, meta: BlockMeta) -> tuple[list[Labels], list[
     return series_labels(t), t.column("metric_type").to_pylist()
 
 
+def iter_row_groups(store: ObjectStore, meta: BlockMeta, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The block's samples.parquet row groups; BlockCorruptError if unreadable."""
+    with open_samples(store, meta) as fh:
+        try:
+            pf = pq.ParquetFile(fh)
+            for i in range(pf.num_row_groups):
+                yield pf.read_row_group(i, columns=columns)
+        except pa.ArrowException as e:
+            raise BlockCorruptError(f"read samples.parquet of block {meta.ulid}: {e}", meta.ulid) from None
+
+
+def _drop_label(labels: Labels, name: str | None) -> tuple[Labels, str]:
+    if name is None:
+        return labels, ""
+    kept = tuple((k, v) for k, v in labels if k != name)
+    return kept, dict(labels).get(name, "")
+
+
+_PART_SCHEMA = pa.schema([("rank", pa.uint32()), ("replica", pa.uint32()), ("ts", pa.int64()),
+                          ("value", pa.float64())])
+
+
 def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta], *, now_ms: int,
-                options: WriterOptions = WriterOptions()) -> tuple[BlockMeta, dict]:
-    """Merge the job's raw blocks into one (identical samples dropped, later block wins a
-    conflict), commit it, then mark the sources for deletion."""
-    index: dict[Labels, int] = {}
+                options: ExecOptions = ExecOptions()) -> tuple[BlockMeta, JobStats]:
+    """Merge the job's raw blocks into one, commit it, then mark the sources for deletion.
+
+    Identical samples are dropped; a conflicting sample from a later block wins. With a replica
+    label, series that differ only in it are deduplicated into one (see compactor.ha).
+    """
+    stats = JobStats()
+    sources = [metas[u] for u in job.sources]
+    union: dict[Labels, int] = {}
     by_hash: dict[int, Labels] = {}
     types: list[str] = []
-    parts_gid, parts_ts, parts_v = [], [], []
-    for ulid in job.sources:
-        meta = metas[ulid]
-        labels, kinds = _series_of(store, meta)
-        local = np.empty(len(labels), dtype=np.int64)
+    replica_ids: dict[str, int] = {}
+    local_maps: list[tuple[np.ndarray, np.ndarray]] = []
+    for m in sources:
+        labels, kinds = _series_of(store, m)
+        gid = np.empty(len(labels), dtype=np.int64)
+        rep = np.zeros(len(labels), dtype=np.int64)
         for i, (lab, kind) in enumerate(zip(labels, kinds)):
-            h = series_hash(lab)
-            if by_hash.setdefault(h, lab) != lab:
-                raise HashCollisionError(f"series_hash collision {h:#x} in block {ulid}", ulid)
-            if lab not in index:
-                index[lab] = len(index)
+            out, replica = _drop_label(lab, options.dedup_replica_label)
+            h = series_hash(out)
+            if by_hash.setdefault(h, out) != out:
+                raise HashCollisionError(f"series_hash collision {h:#x} in block {m.ulid}", m.ulid)
+            if out not in union:
+                union[out] = len(union)
                 types.append(kind)
-            elif types[index[lab]] == "unknown":
-                types[index[lab]] = kind
-            local[i] = index[lab]
-        s = read_raw_samples(store, meta)
-        parts_gid.append(local[s.column("series_ref").to_numpy()])
-        parts_ts.append(s.column("ts").to_numpy())
-        parts_v.append(s.column("value").to_numpy())
-    series = list(index)
+            elif types[union[out]] == "unknown":
+                types[union[out]] = kind
+            gid[i] = union[out]
+            rep[i] = replica_ids.setdefault(replica, len(replica_ids))
+        local_maps.append((gid, rep))
+    series = list(union)
     order = sorted(range(len(series)), key=lambda i: series_sort_key(series[i]))
     rank_of = np.empty(len(series), dtype=np.int64)
     rank_of[order] = np.arange(len(series))
-    d = sort_dedup(rank_of[np.concatenate(parts_gid)], np.concatenate(parts_ts), np.concatenate(parts_v))
-    batch = pa.table({"series_ref": pa.array(d.series.astype(np.uint32)), "ts": d.ts, "value": d.values})
-    srcs = [metas[u] for u in job.sources]
-    spec = BlockSpec(job.tenant, job.min_time, job.max_time, Resolution.RAW,
-                     level=max(m.level for m in srcs) + 1,
-                     sources=sorted({s for m in srcs for s in m.sources}), parents=list(job.sources),
-                     labels=dict(srcs[0].labels))
-    batches = (batch.slice(o, options.row_group_rows) for o in range(0, batch.num_rows, options.row_group_rows))
-    new = write_block(store, spec, [series[i] for i in order], [types[i] for i in order], batches,
-                      now_ms=now_ms, options=options)
+    # Partition boundaries over output ranks from each source's mean rows per series.
+    est = np.zeros(len(series))
+    for m, (gid, _) in zip(sources, local_maps):
+        np.add.at(est, rank_of[gid], m.stats.rows / max(1, m.stats.series))
+    before = np.cumsum(est) - est
+    part_of_rank = (before // options.partition_rows).astype(np.int64)
+    n_parts = int(part_of_rank.max()) + 1 if len(series) else 0
+    stats.partitions = n_parts
+    scratch = Path(tempfile.mkdtemp(prefix=f"strata-compact-{job.min_time}-", dir=options.scratch_dir))
+    try:
+        writers: dict[int, pq.ParquetWriter] = {}
+        for m, (gid, rep) in zip(sources, local_maps):
+            for rg in iter_row_groups(store, m):
+                t = decode_raw(rg)
+                refs = t.column("series_ref").to_numpy()
+                ranks = rank_of[gid[refs]]
+                parts = part_of_rank[ranks]
+                stats.samples_in += len(refs)
+                cut = np.flatnonzero(np.diff(parts)) + 1 if options.dedup_replica_label is None else None
+                if cut is None:  # ranks are not monotonic under HA relabelling: group by partition
+                    o = np.argsort(parts, kind="stable")
+                    ranks, parts, t = ranks[o], parts[o], t.take(pa.array(o))
+                    refs = refs[o]
+                    cut = np.flatnonzero(np.diff(parts)) + 1
+                for seg in np.split(np.arange(len(refs)), cut):
+                    if len(seg) == 0:
+                        continue
+                    p = int(parts[seg[0]])
+                    if p not in writers:
+                        writers[p] = pq.ParquetWriter(str(scratch / f"{p:06d}.parquet"), _PART_SCHEMA,
+                                                      compression="lz4")
+                    writers[p].write_table(pa.table({
+                        "rank": pa.array(ranks[seg].astype(np.uint32)),
+                        "replica": pa.array(rep[refs[seg]].astype(np.uint32)),
+                        "ts": t.column("ts").take(pa.array(seg)),
+                        "value": t.column("value").take(pa.array(seg))}, schema=_PART_SCHEMA))
+        for w in writers.values():
+            w.close()
+
+        def merged() -> Iterator[pa.Table]:
+            for p in range(n_parts):
+                path = scratch / f"{p:06d}.parquet"
+                if not path.exists():
+                    continue
+                t = pq.read_table(path)
+                path.unlink()
+                r = t.column("rank").to_numpy().astype(np.int64)
+                ts = t.column("ts").to_numpy()
+                v = t.column("value").to_numpy()
+                if options.dedup_replica_label is not None:
+                    rr, rt, rv = dedup_replicas(r, t.column("replica").to_numpy().astype(np.int64), ts, v)
+                    stats.replica_samples_dropped += len(r) - len(rr)
+                    r, ts, v = rr, rt, rv
+                d = sort_dedup(r, ts, v)
+                stats.identical_dropped += d.identical_dropped
+                stats.conflicts_last_wins += d.conflicts_last_wins
+                out = pa.table({"series_ref": pa.array(d.series.astype(np.uint32)), "ts": d.ts, "value": d.values})
+                for off in range(0, out.num_rows, options.writer.row_group_rows):
+                    yield out.slice(off, options.writer.row_group_rows)
+
+        labels_out = {k: v for k, v in sources[0].labels.items() if k != options.dedup_replica_label}
+        spec = BlockSpec(job.tenant, job.min_time, job.max_time, Resolution.RAW,
+                         level=max(m.level for m in sources) + 1,
+                         sources=sorted({s for m in sources for s in m.sources}), parents=list(job.sources),
+                         labels=labels_out)
+        new = write_block(store, spec, [series[i] for i in order], [types[i] for i in order], merged(),
+                          now_ms=now_ms, options=options.writer)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     for u in job.sources:  # only after the new block is committed
         mark_for_deletion(store, job.tenant, u, f"compacted into {new.ulid}", now_ms)
-    return new, {"identical_dropped": d.identical_dropped, "conflicts_last_wins": d.conflicts_last_wins}
+    return new, stats
 
 
-def _read_windows(store: ObjectStore, meta: BlockMeta) -> pl.DataFrame:
-    try:
-        with open_samples(store, meta) as fh:
-            return pl.from_arrow(pq.read_table(fh))
-    except pa.ArrowException as e:
-        raise BlockCorruptError(f"read samples.parquet of block {meta.ulid}: {e}", meta.ulid) from None
+def _series_chunks(store: ObjectStore, meta: BlockMeta, target_rows: int) -> Iterator[pl.DataFrame]:
+    """Samples (decoded for raw) in chunks that end on series boundaries."""
+    carry: pl.DataFrame | None = None
+    raw = meta.resolution == Resolution.RAW
+    for rg in iter_row_groups(store, meta):
+        df = pl.from_arrow(decode_raw(rg) if raw else rg)
+        if carry is not None:
+            df = pl.concat([carry, df])
+            carry = None
+        if df.height < target_rows:
+            carry = df
+            continue
+        last_ref = df["series_ref"][-1]
+        cut = df["series_ref"].search_sorted(last_ref, side="left")
+        if cut == 0:
+            carry = df
+            continue
+        yield df.slice(0, cut)
+        carry = df.slice(cut)
+    if carry is not None and carry.height:
+        yield carry
+
+
+def _present_series(store: ObjectStore, meta: BlockMeta, n: int) -> np.ndarray:
+    """Which series of a raw block have at least one non-NaN sample (their windows exist)."""
+    present = np.zeros(n, dtype=bool)
+    for rg in iter_row_groups(store, meta):
+        t = decode_raw(rg)
+        v = t.column("value").to_numpy()
+        present[np.unique(t.column("series_ref").to_numpy()[~np.isnan(v)])] = True
+    return present
 
 
 def run_downsample(store: ObjectStore, job: DownsampleJob, meta: BlockMeta, *, now_ms: int,
-                   options: WriterOptions = WriterOptions(), exclude=None) -> BlockMeta | None:
-    """Build the job's target tier from its source block; None when no series has data.
-
-    `exclude(labels) -> bool` drops series from downsampling (downsample filters).
-    """
+                   options: ExecOptions = ExecOptions()) -> BlockMeta | None:
+    """Build the job's target tier from its source block, streaming; None when nothing remains."""
     labels, kinds = _series_of(store, meta)
-    if meta.resolution == Resolution.RAW:
-        src = pl.from_arrow(read_raw_samples(store, meta))
-    else:
-        src = _read_windows(store, meta)
     kind_of = np.array([columns_for(k, dict(lab)[METRIC_NAME]) for lab, k in zip(labels, kinds)])
-    keep = np.array([not (exclude and exclude(lab)) for lab in labels], dtype=bool)
-    outs = []
-    for kind in ("gauge", "counter", "unknown"):
-        refs = np.nonzero((kind_of == kind) & keep)[0]
-        if len(refs) == 0:
-            continue
-        sub = src.filter(pl.col("series_ref").is_in(refs.tolist()))
-        if meta.resolution == Resolution.RAW:
-            outs.append(downsample(sub.select("series_ref", "ts", "value"), int(job.target), kind))
-        else:
-            outs.append(merge_windows(sub, int(job.target), kind))
-    if not outs:
+    keep = np.array([not (options.downsample_exclude and options.downsample_exclude(lab)) for lab in labels],
+                    dtype=bool)
+    if meta.resolution == Resolution.RAW:
+        keep &= _present_series(store, meta, len(labels))
+    present = np.flatnonzero(keep)
+    if len(present) == 0:
         return None
-    out = pl.concat(outs).sort("series_ref", "ts")
-    if out.height == 0:
-        return None
-    present = np.unique(out["series_ref"].to_numpy())
     remap = np.full(len(labels), -1, dtype=np.int64)
     remap[present] = np.arange(len(present))
-    out = out.with_columns(series_ref=pl.Series(remap[out["series_ref"].to_numpy()]).cast(pl.UInt32))
-    table = out.select(list(SCHEMA)).to_arrow()
+
+    def windows() -> Iterator[pa.Table]:
+        for chunk in _series_chunks(store, meta, options.partition_rows):
+            outs = []
+            for kind in ("gauge", "counter", "unknown"):
+                refs = np.flatnonzero((kind_of == kind) & keep)
+                sub = chunk.filter(pl.col("series_ref").is_in(refs.tolist()))
+                if sub.height == 0:
+                    continue
+                if meta.resolution == Resolution.RAW:
+                    outs.append(downsample(sub.select("series_ref", "ts", "value"), int(job.target), kind))
+                else:
+                    outs.append(merge_windows(sub, int(job.target), kind))
+            if not outs:
+                continue
+            out = pl.concat(outs).sort("series_ref", "ts")
+            out = out.with_columns(series_ref=pl.Series(remap[out["series_ref"].to_numpy()]).cast(pl.UInt32))
+            yield out.select(list(SCHEMA)).to_arrow()
+
     spec = BlockSpec(job.tenant, job.min_time, job.max_time, job.target, level=meta.level,
                      sources=list(meta.sources), parents=[meta.ulid], labels=dict(meta.labels))
-    batches = (table.slice(o, options.row_group_rows) for o in range(0, table.num_rows, options.row_group_rows))
-    return write_block(store, spec, [labels[i] for i in present], [kinds[i] for i in present], batches,
-                       now_ms=now_ms, options=options)
+    return write_block(store, spec, [labels[i] for i in present], [kinds[i] for i in present], windows(),
+                       now_ms=now_ms, options=options.writer)

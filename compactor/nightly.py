@@ -10,8 +10,7 @@ from blocks.marks import block_file_names, delete_block, mark_for_deletion, mark
 from blocks.meta import BlockMeta
 from blocks.objstore import CountingStore, ObjectNotFound
 from blocks.reader import list_tenants, load_listing
-from blocks.writer import WriterOptions
-from compactor.execute import run_compact, run_downsample
+from compactor.execute import ExecOptions, run_compact, run_downsample
 from compactor.planner import DAY_MS, plan_compaction, plan_downsampling
 
 
@@ -23,7 +22,7 @@ class CompactorConfig:
     grace_ms: int = 3_600_000
     deletion_delay_ms: int = 48 * 3_600_000
     unfinished_grace_ms: int = 6 * 3_600_000
-    writer: WriterOptions = WriterOptions()
+    execution: ExecOptions = ExecOptions()
 
 
 @dataclass
@@ -90,8 +89,12 @@ def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Su
     for job in plan_compaction(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
                                excluded=sorted(excluded)):
         try:
-            new, stats = run_compact(store, job, metas, now_ms=now_ms, options=cfg.writer)
-            s.compacted.append({**_out(new), "sources": list(job.sources), **stats})
+            new, stats = run_compact(store, job, metas, now_ms=now_ms, options=cfg.execution)
+            s.compacted.append({**_out(new), "sources": list(job.sources), "samples_in": stats.samples_in,
+                                "identical_dropped": stats.identical_dropped,
+                                "conflicts_last_wins": stats.conflicts_last_wins,
+                                "replica_samples_dropped": stats.replica_samples_dropped,
+                                "partitions": stats.partitions})
         except HaltError as e:
             for u in job.sources:
                 mark_no_compact(store, tenant, u, str(e), now_ms)
@@ -108,7 +111,7 @@ def _downsample_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s:
         metas = {m.ulid: m for m in listing.metas}
         for job in jobs:
             try:
-                new = run_downsample(store, job, metas[job.source], now_ms=now_ms, options=cfg.writer)
+                new = run_downsample(store, job, metas[job.source], now_ms=now_ms, options=cfg.execution)
                 if new is not None:
                     s.downsampled.append({**_out(new), "source": job.source})
             except HaltError as e:
