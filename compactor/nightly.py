@@ -1,17 +1,38 @@
-"""One pass of the nightly job: compact -> downsample (cascade) -> remove marked -> clean."""
+"""One pass of the nightly job: compact -> downsample (cascade) -> remove marked -> clean.
+
+Every job is taken under a lease and re-checked after the lease is held, so concurrent or
+overlapping runs never process a group twice; `shard`/`shards` split the work by
+(tenant, group, day) so a day's whole cascade stays on one pod.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
-from blocks.errors import HaltError, RetryableError
+from blocks.errors import HaltError, ObjectNotFound, RetryableError
+from blocks.layout import DELETION_MARK_FILE, block_file_key
 from blocks.marks import block_file_names, delete_block, mark_for_deletion, mark_no_compact
 from blocks.meta import BlockMeta
-from blocks.objstore import CountingStore, ObjectNotFound
-from blocks.reader import list_tenants, load_listing
+from blocks.objstore import CountingStore
+from blocks.reader import list_block_ids, list_tenants, load_listing, load_meta
 from compactor.execute import ExecOptions, run_compact, run_downsample
-from compactor.planner import DAY_MS, plan_compaction, plan_downsampling
+from compactor.lease import acquire, in_shard, release
+from compactor.planner import DAY_MS, CompactJob, DownsampleJob, plan_compaction, plan_downsampling
+
+Emit = Callable[..., None]
+
+
+def _no_emit(event: str, **fields) -> None:
+    return None
+
+
+def default_owner() -> str:
+    """Lease owner id of this process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -22,6 +43,10 @@ class CompactorConfig:
     grace_ms: int = 3_600_000
     deletion_delay_ms: int = 48 * 3_600_000
     unfinished_grace_ms: int = 6 * 3_600_000
+    lease_ttl_ms: int = 6 * 3_600_000
+    owner: str = field(default_factory=default_owner)
+    shard: int = 0
+    shards: int = 1
     execution: ExecOptions = ExecOptions()
 
 
@@ -33,6 +58,7 @@ class Summary:
     downsampled: list[dict] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     cleaned_unfinished: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
     halted: list[dict] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -53,22 +79,28 @@ def _excluded(listing) -> set[str]:
     return set(listing.deletion_marks) | set(listing.no_compact_marks) | set(listing.corrupt)
 
 
+def shard_key(tenant: str, group: str, min_time: int, range_ms: int) -> str:
+    """What sharding hashes: a tenant's group and day."""
+    return f"{tenant}/{group}/{min_time // range_ms}"
+
+
 def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = CompactorConfig(),
-             tenants: list[str] | None = None) -> Summary:
+             tenants: list[str] | None = None, emit: Emit = _no_emit) -> Summary:
     """One idempotent pass over every tenant; integrity problems mark the group no-compact."""
     s = Summary()
     t0 = time.perf_counter()
     for tenant in tenants or list_tenants(store):
         try:
-            _compact_tenant(store, tenant, now_ms, cfg, s)
-            _downsample_tenant(store, tenant, now_ms, cfg, s)
+            _compact_tenant(store, tenant, now_ms, cfg, s, emit)
+            _downsample_tenant(store, tenant, now_ms, cfg, s, emit)
         except RetryableError as e:
             s.retry.append(f"{tenant}: {e}")
+            emit("retry", tenant=tenant, error=str(e))
     s.seconds["compact_and_downsample"] = round(time.perf_counter() - t0, 3)
     t1 = time.perf_counter()
     for tenant in tenants or list_tenants(store):
         try:
-            _cleanup_tenant(store, tenant, now_ms, cfg, s)
+            _cleanup_tenant(store, tenant, now_ms, cfg, s, emit)
         except RetryableError as e:
             s.retry.append(f"{tenant}: {e}")
     s.seconds["cleanup"] = round(time.perf_counter() - t1, 3)
@@ -76,7 +108,24 @@ def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = Compactor
     return s
 
 
-def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary) -> None:
+def _with_lease(store, job_key: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit,
+                still_needed: Callable[[], bool], work: Callable[[], None]) -> None:
+    lease = acquire(store, job_key, cfg.owner, now_ms, cfg.lease_ttl_ms)
+    if lease is None:
+        s.skipped.append({"job": job_key, "reason": "leased by another compactor"})
+        emit("skip", job=job_key, reason="leased")
+        return
+    try:
+        if not still_needed():
+            s.skipped.append({"job": job_key, "reason": "already done"})
+            emit("skip", job=job_key, reason="already done")
+            return
+        work()
+    finally:
+        release(store, lease)
+
+
+def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:
     listing = load_listing(store, tenant)
     excluded = _excluded(listing)
     # Crash recovery: a source whose merged block was committed but which was not marked yet.
@@ -88,44 +137,80 @@ def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Su
     metas = {m.ulid: m for m in listing.metas}
     for job in plan_compaction(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
                                excluded=sorted(excluded)):
-        try:
-            new, stats = run_compact(store, job, metas, now_ms=now_ms, options=cfg.execution)
-            s.compacted.append({**_out(new), "sources": list(job.sources), "samples_in": stats.samples_in,
-                                "identical_dropped": stats.identical_dropped,
-                                "conflicts_last_wins": stats.conflicts_last_wins,
-                                "replica_samples_dropped": stats.replica_samples_dropped,
-                                "partitions": stats.partitions})
-        except HaltError as e:
-            for u in job.sources:
-                mark_no_compact(store, tenant, u, str(e), now_ms)
-            s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
+        if not in_shard(shard_key(tenant, job.group, job.min_time, cfg.range_ms), cfg.shard, cfg.shards):
+            continue
+
+        def needed(job: CompactJob = job) -> bool:
+            return not any(store.exists(block_file_key(tenant, u, DELETION_MARK_FILE)) for u in job.sources)
+
+        def work(job: CompactJob = job) -> None:
+            emit("compact", job=job.key, sources=len(job.sources))
+            try:
+                new, st = run_compact(store, job, metas, now_ms=now_ms, options=cfg.execution)
+                s.compacted.append({**_out(new), "sources": list(job.sources), "samples_in": st.samples_in,
+                                    "identical_dropped": st.identical_dropped,
+                                    "conflicts_last_wins": st.conflicts_last_wins,
+                                    "replica_samples_dropped": st.replica_samples_dropped,
+                                    "partitions": st.partitions})
+                emit("compacted", job=job.key, block=new.ulid, samples=new.stats.samples)
+            except HaltError as e:
+                for u in job.sources:
+                    mark_no_compact(store, tenant, u, str(e), now_ms)
+                s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
+                emit("halt", job=job.key, reason=str(e))
+
+        _with_lease(store, job.key, now_ms, cfg, s, emit, needed, work)
 
 
-def _downsample_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary) -> None:
+def _new_metas(store, tenant: str, known: dict[str, BlockMeta]) -> list[BlockMeta]:
+    """Metas of committed blocks that appeared since `known` was loaded (one LIST)."""
+    out = []
+    for ulid in list_block_ids(store, tenant):
+        if ulid not in known:
+            try:
+                out.append(load_meta(store, tenant, ulid))
+            except ObjectNotFound:
+                continue
+    return out
+
+
+def _downsample_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:
     for _ in range(3):  # raw->5m, then 5m->1h, then 1h->1d as new blocks appear
         listing = load_listing(store, tenant)
-        jobs = plan_downsampling(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
-                                 excluded=sorted(_excluded(listing)))
+        jobs = [j for j in plan_downsampling(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
+                                             excluded=sorted(_excluded(listing)))
+                if in_shard(shard_key(tenant, j.group, j.min_time, cfg.range_ms), cfg.shard, cfg.shards)]
         if not jobs:
             return
         metas = {m.ulid: m for m in listing.metas}
         for job in jobs:
-            try:
-                new = run_downsample(store, job, metas[job.source], now_ms=now_ms, options=cfg.execution)
-                if new is not None:
-                    s.downsampled.append({**_out(new), "source": job.source})
-            except HaltError as e:
-                mark_no_compact(store, tenant, job.source, str(e), now_ms)
-                s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
+            def needed(job: DownsampleJob = job) -> bool:
+                fresh = _new_metas(store, tenant, metas)
+                return not any(m.resolution == job.target and job.source in m.parents for m in fresh)
+
+            def work(job: DownsampleJob = job) -> None:
+                emit("downsample", job=job.key)
+                try:
+                    new = run_downsample(store, job, metas[job.source], now_ms=now_ms, options=cfg.execution)
+                    if new is not None:
+                        s.downsampled.append({**_out(new), "source": job.source})
+                        emit("downsampled", job=job.key, block=new.ulid, rows=new.stats.rows)
+                except HaltError as e:
+                    mark_no_compact(store, tenant, job.source, str(e), now_ms)
+                    s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
+                    emit("halt", job=job.key, reason=str(e))
+
+            _with_lease(store, job.key, now_ms, cfg, s, emit, needed, work)
 
 
-def _cleanup_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary) -> None:
+def _cleanup_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:
     listing = load_listing(store, tenant)
     metas = {m.ulid: m for m in listing.metas}
     for ulid, mark in listing.deletion_marks.items():
         if now_ms - mark.deletion_time_ms >= cfg.deletion_delay_ms and ulid in metas:
             delete_block(store, tenant, ulid, block_file_names(metas[ulid]))
             s.deleted.append(f"{tenant}/{ulid}")
+            emit("deleted", block=f"{tenant}/{ulid}")
     for ulid in listing.unfinished:
         keys = store.list(f"{tenant}/{ulid}/")
         try:
@@ -136,3 +221,4 @@ def _cleanup_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Su
             for k in keys:
                 store.delete(k)
             s.cleaned_unfinished.append(f"{tenant}/{ulid}")
+            emit("cleaned", block=f"{tenant}/{ulid}")
