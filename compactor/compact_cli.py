@@ -146,6 +146,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                 scratch_dir: Annotated[Optional[Path], typer.Option(help="Scratch space for partitions and block files (an emptyDir).")] = None,
                 deletion_delay: Annotated[str, typer.Option(help="Marked blocks are removed after this delay.")] = "48h",
                 grace: Annotated[str, typer.Option(help="A range is closed this long after its end.")] = "1h",
+                lease_ttl: Annotated[str, typer.Option(help="A job's lease expires after this; keep it above the CronJob's activeDeadlineSeconds.")] = "6h",
                 metrics_textfile: Annotated[Optional[Path], typer.Option(help="Write the summary as Prometheus metrics to this file.")] = None,
                 now: Annotated[Optional[str], typer.Option(help="Pretend it is this time (ms or ISO-8601); for tests and backfills.")] = None,
                 output: OutputOpt = Output.text) -> None:
@@ -167,7 +168,8 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
         scratch_dir=scratch, dedup_replica_label=dedup_replica_label,
         downsample_exclude=(lambda labels: any(sel.matches(labels) for sel in selectors)) if selectors else None)
     cfg = CompactorConfig(grace_ms=parse_duration_ms(grace), deletion_delay_ms=parse_duration_ms(deletion_delay),
-                          shard=i, shards=n, execution=execution)
+                          shard=i, shards=n, execution=execution,
+                          lease_ttl_ms=parse_duration_ms(lease_ttl))
     now_ms = parse_time_ms(now) if now else int(time.time() * 1000)
     emit, stop = _emitter()
     try:

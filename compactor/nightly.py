@@ -110,7 +110,8 @@ def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = Compactor
 
 def _with_lease(store, job_key: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit,
                 still_needed: Callable[[], bool], work: Callable[[], None]) -> None:
-    lease = acquire(store, job_key, cfg.owner, now_ms, cfg.lease_ttl_ms)
+    # Leases are about live processes: always wall-clock time, even when planning pretends a `now`.
+    lease = acquire(store, job_key, cfg.owner, int(time.time() * 1000), cfg.lease_ttl_ms)
     if lease is None:
         s.skipped.append({"job": job_key, "reason": "leased by another compactor"})
         emit("skip", job=job_key, reason="leased")
