@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import measure  # noqa: E402
 from blocks.objstore import open_store  # noqa: E402
 from blocks.reader import load_listing, read_raw_samples, read_series  # noqa: E402
 from blocks.series import series_labels  # noqa: E402
@@ -34,13 +34,9 @@ def dir_bytes(path: Path) -> int:
 
 
 def run_measured(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of a child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    secs = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return secs, max(after, before) * 1024
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    r = measure(cmd, cwd=ROOT)
+    return r["wall_s"], r["peak_rss"]
 
 
 def ensure_promtool() -> str:

@@ -149,7 +149,7 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
                     p = int(parts[seg[0]])
                     if p not in writers:
                         writers[p] = pq.ParquetWriter(str(scratch / f"{p:06d}.parquet"), _PART_SCHEMA,
-                                                      compression="lz4")
+                                                      compression="none", use_dictionary=False)
                     writers[p].write_table(pa.table({
                         "rank": pa.array(ranks[seg].astype(np.uint32)),
                         "replica": pa.array(rep[refs[seg]].astype(np.uint32)),

@@ -13,6 +13,7 @@ operations in the same order as the nightly cascade. Merging is exact in every o
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 
 M5, H1, D1 = 300_000, 3_600_000, 86_400_000
@@ -47,18 +48,10 @@ def _window_end(res_ms: int) -> pl.Expr:
     return (pl.col("ts") // res_ms) * res_ms + (res_ms - 1)
 
 
-def _same_window_as_previous() -> pl.Expr:
+def _same_window_as_previous() -> pl.Expr:  # used by merge_windows
     """True where the row before is the same series in the same target window."""
     return ((pl.col("series_ref") == pl.col("series_ref").shift(1))
             & (pl.col("window") == pl.col("window").shift(1)))
-
-
-def _prepare_raw(raw: pl.DataFrame, res_ms: int) -> pl.DataFrame:
-    return (raw.lazy()
-            .filter(~pl.col("value").is_nan())
-            .sort("series_ref", "ts")
-            .with_columns(window=_window_end(res_ms))
-            .collect())
 
 
 def _finish(df: pl.DataFrame) -> pl.DataFrame:
@@ -68,33 +61,62 @@ def _finish(df: pl.DataFrame) -> pl.DataFrame:
     return df.select(cols).sort("series_ref", "ts")
 
 
+def _segments(raw: pl.DataFrame, res_ms: int):
+    """Sorted non-NaN (refs, ts, values), window ends, and the start of every (series, window)."""
+    refs = raw["series_ref"].to_numpy()
+    ts = raw["ts"].to_numpy()
+    values = raw["value"].to_numpy()
+    keep = ~np.isnan(values)
+    if not keep.all():
+        refs, ts, values = refs[keep], ts[keep], values[keep]
+    if len(refs) > 1:
+        r = refs.astype(np.int64)
+        same = r[1:] == r[:-1]
+        if np.any(r[1:] < r[:-1]) or np.any(same & (ts[1:] < ts[:-1])):  # sort only when needed
+            idx = np.lexsort((ts, refs))
+            refs, ts, values = refs[idx], ts[idx], values[idx]
+    window = (ts // res_ms) * res_ms + (res_ms - 1)
+    if len(refs) == 0:
+        return refs, ts, values, window, np.zeros(0, dtype=np.int64)
+    change = np.empty(len(refs), dtype=bool)
+    change[0] = True
+    change[1:] = (refs[1:] != refs[:-1]) | (window[1:] != window[:-1])
+    return refs, ts, values, window, np.flatnonzero(change)
+
+
 def gauge_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
     """Gauge kernel: count, sum, min, max, last per window."""
     if res_ms != M5:
         return merge_windows(gauge_windows(raw, _below(res_ms)), res_ms, GAUGE)
-    df = _prepare_raw(raw, res_ms)
-    out = df.group_by("series_ref", "window", maintain_order=True).agg(
-        count=pl.len(), sum=pl.col("value").sum(), min=pl.col("value").min(),
-        max=pl.col("value").max(), last=pl.col("value").last())
-    return _finish(out.rename({"window": "ts"}))
+    refs, ts, v, window, starts = _segments(raw, res_ms)
+    if len(starts) == 0:
+        return _finish(pl.DataFrame({"series_ref": refs, "ts": window}))
+    ends = np.r_[starts[1:], len(v)]
+    return _finish(pl.DataFrame({
+        "series_ref": refs[starts], "ts": window[starts], "count": ends - starts,
+        "sum": np.add.reduceat(v, starts), "min": np.minimum.reduceat(v, starts),
+        "max": np.maximum.reduceat(v, starts), "last": v[ends - 1]}))
 
 
 def counter_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
     """Counter kernel: count, first/last (with ts), reset-aware increase inside the window, resets."""
     if res_ms != M5:
         return merge_windows(counter_windows(raw, _below(res_ms)), res_ms, COUNTER)
-    df = _prepare_raw(raw, res_ms)
-    prev = pl.col("value").shift(1)
-    same = _same_window_as_previous()
-    df = df.with_columns(
-        delta=pl.when(same).then(pl.when(pl.col("value") >= prev).then(pl.col("value") - prev)
-                                 .otherwise(pl.col("value"))).otherwise(0.0),
-        reset=(same & (pl.col("value") < prev)).fill_null(False))
-    out = df.group_by("series_ref", "window", maintain_order=True).agg(
-        count=pl.len(), first_ts=pl.col("ts").first(), first=pl.col("value").first(),
-        last_ts=pl.col("ts").last(), last=pl.col("value").last(),
-        increase=pl.col("delta").sum(), resets=pl.col("reset").sum())
-    return _finish(out.rename({"window": "ts"}))
+    refs, ts, v, window, starts = _segments(raw, res_ms)
+    if len(starts) == 0:
+        return _finish(pl.DataFrame({"series_ref": refs, "ts": window}))
+    ends = np.r_[starts[1:], len(v)]
+    prev = np.empty_like(v)
+    prev[0] = v[0]
+    prev[1:] = v[:-1]
+    reset = v < prev
+    delta = np.where(reset, v, v - prev)
+    delta[starts] = 0.0  # the first sample of a window has no predecessor inside it
+    reset[starts] = False
+    return _finish(pl.DataFrame({
+        "series_ref": refs[starts], "ts": window[starts], "count": ends - starts,
+        "first_ts": ts[starts], "first": v[starts], "last_ts": ts[ends - 1], "last": v[ends - 1],
+        "increase": np.add.reduceat(delta, starts), "resets": np.add.reduceat(reset.astype(np.int64), starts)}))
 
 
 def histogram_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
