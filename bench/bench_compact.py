@@ -34,7 +34,7 @@ def child(cmd: list[str]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--samples", type=float, default=50e6, help="raw samples in the day (>= 50M for the issue)")
+    ap.add_argument("--samples", type=float, default=50.5e6, help="raw samples in the day (>= 50M for the issue)")
     ap.add_argument("--step", type=int, default=15)
     ap.add_argument("--memory-budget", default="1GiB")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out-compact")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from blocks.errors import HaltError, ObjectNotFound, RetryableError
+from blocks.index import write_index
 from blocks.layout import DELETION_MARK_FILE, block_file_key
 from blocks.marks import block_file_names, delete_block, mark_for_deletion, mark_no_compact
 from blocks.meta import BlockMeta
@@ -101,6 +102,7 @@ def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = Compactor
     for tenant in tenants or list_tenants(store):
         try:
             _cleanup_tenant(store, tenant, now_ms, cfg, s, emit)
+            write_index(store, tenant, now_ms)
         except RetryableError as e:
             s.retry.append(f"{tenant}: {e}")
     s.seconds["cleanup"] = round(time.perf_counter() - t1, 3)

@@ -170,3 +170,41 @@ def test_nightly_pass_on_s3(s3_bucket):
     assert len(s.compacted) == 2 and len(s.downsampled) == 6
     assert verify_bucket(store).ok
     assert s.requests["requests"]["put"] > 0
+
+
+def test_unfinished_uploads_cleaned_after_grace(tmp_path):
+    store = open_store(str(tmp_path / "b"))
+    seeded(store)
+    stale = "t/01ARZ3NDEKTSV4RRFFQ69G5FAV/samples.parquet"
+    store.put(stale, b"partial upload")
+    mtime = store.stat(stale).last_modified_ms
+    cfg = CompactorConfig(unfinished_grace_ms=6 * H)
+    assert run_once(store, mtime + 5 * H, cfg).cleaned_unfinished == []
+    assert run_once(store, mtime + 6 * H, cfg).cleaned_unfinished == ["t/01ARZ3NDEKTSV4RRFFQ69G5FAV"]
+    assert not store.exists(stale)
+
+
+def test_index_lists_what_the_bucket_holds(tmp_path):
+    from blocks.index import load_index
+
+    store = open_store(str(tmp_path / "b"))
+    seeded(store)
+    run_once(store, NOW)
+    listing, updated = load_index(store, "t")
+    direct = load_listing(store, "t")
+    assert updated == NOW
+    assert [m.ulid for m in listing.metas] == [m.ulid for m in direct.metas]
+    assert listing.metas == direct.metas and listing.deletion_marks == direct.deletion_marks
+
+
+def test_cli_exit_code_3_when_a_group_is_marked_no_compact(tmp_path):
+    from typer.testing import CliRunner
+
+    from compactor.cli import app
+
+    store = open_store(str(tmp_path / "b"))
+    seeded(store)
+    first = load_listing(store, "t").metas[0]
+    store.put(block_file_key("t", first.ulid, SAMPLES_FILE), b"garbage")
+    r = CliRunner().invoke(app, ["compact", "--bucket", str(tmp_path / "b"), "--now", str(NOW)])
+    assert r.exit_code == 3 and "HALT" in r.output
