@@ -208,3 +208,26 @@ def test_cli_exit_code_3_when_a_group_is_marked_no_compact(tmp_path):
     store.put(block_file_key("t", first.ulid, SAMPLES_FILE), b"garbage")
     r = CliRunner().invoke(app, ["compact", "--bucket", str(tmp_path / "b"), "--now", str(NOW)])
     assert r.exit_code == 3 and "HALT" in r.output
+
+
+def test_overlapping_blocks_merge_vertically():
+    """Two overlapping raw blocks: identical samples dropped, a conflict goes to the later block."""
+    import pyarrow as pa
+
+    from blocks.labels import canonical_labels
+    from blocks.writer import BlockSpec, write_block
+
+    store = MemoryStore()
+    s = [canonical_labels({"__name__": "m"})]
+    a = pa.table({"series_ref": pa.array([0, 0, 0], pa.uint32()), "ts": [0, 15_000, 30_000], "value": [1.0, 2.0, 3.0]})
+    b = pa.table({"series_ref": pa.array([0, 0, 0], pa.uint32()), "ts": [15_000, 30_000, 45_000], "value": [2.0, 9.0, 4.0]})
+    first = write_block(store, BlockSpec("t", 0, 2 * H), s, ["gauge"], [a], now_ms=1)
+    write_block(store, BlockSpec("t", 0, 3 * H), s, ["gauge"], [b], now_ms=2)  # overlaps `first`
+    summary = run_once(store, DAY_MS + 2 * H)
+    (c,) = summary.compacted
+    assert c["identical_dropped"] == 1 and c["conflicts_last_wins"] == 1 and c["sources"][0] == first.ulid
+    listing = load_listing(store, "t")
+    day = next(m for m in listing.metas if m.ulid == c["ulid"])
+    got = read_raw_samples(store, day)
+    assert got["ts"].to_pylist() == [0, 15_000, 30_000, 45_000]
+    assert got["value"].to_pylist() == [1.0, 2.0, 9.0, 4.0]
