@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from bench.measure import measure  # noqa: E402
 from blocks.meta import Resolution  # noqa: E402
 from blocks.objstore import open_store  # noqa: E402
-from blocks.reader import iter_raw_samples, load_listing  # noqa: E402
+from blocks.reader import load_listing  # noqa: E402
 from compactor.planner import DAY_MS  # noqa: E402
 from ingest.generate import SERIES_PER_HOST, GenSpec, generate_prepared  # noqa: E402
 from ingest.importer import write_prepared  # noqa: E402

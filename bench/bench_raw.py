@@ -102,26 +102,19 @@ def main() -> int:
     assert samples == n, (samples, n)
 
     # Bit-exact round trip: every stored value equals the generated one, bit for bit.
-    prep = generate_prepared(spec)
-    want = {}
-    labels_of = prep.series
+    prep = generate_prepared(spec)  # sorted by (rank, ts), one sample per timestamp
+    rank_by_labels = {s: i for i, s in enumerate(prep.series)}
+    all_key = prep.rank.astype(np.int64) * (1 << 42) + (prep.ts - spec.start_ms)
     got_bits, want_bits = [], []
-    rank_by_labels = {s: i for i, s in enumerate(labels_of)}
     for m in metas:
         labels = series_labels(read_series(store, m))
         s = read_raw_samples(store, m)
-        refs = s.column("series_ref").to_numpy()
-        ranks = np.array([rank_by_labels[labels[r]] for r in range(len(labels))])[refs]
-        ts = s.column("ts").to_numpy()
-        want_idx = np.lexsort((prep.ts, prep.rank))
-        key = ranks.astype(np.int64) * (1 << 42) + (ts - spec.start_ms)
-        all_key = prep.rank.astype(np.int64) * (1 << 42) + (prep.ts - spec.start_ms)
-        pos = np.searchsorted(all_key[want_idx], key)
+        ranks = np.array([rank_by_labels[lab] for lab in labels])[s.column("series_ref").to_numpy()]
+        key = ranks.astype(np.int64) * (1 << 42) + (s.column("ts").to_numpy() - spec.start_ms)
         got_bits.append(s.column("value").to_numpy().view(np.uint64))
-        want_bits.append(prep.values[want_idx][pos].view(np.uint64))
+        want_bits.append(prep.values[np.searchsorted(all_key, key)].view(np.uint64))
     roundtrip_ok = bool(np.array_equal(np.concatenate(got_bits), np.concatenate(want_bits)))
     assert roundtrip_ok, "round trip is not bit-exact"
-    del want
 
     # Encoding alternatives on the same samples, same writer, same block cuts.
     variants = {

@@ -60,13 +60,3 @@ def tenant_index_key(tenant: str) -> str:
     """Key of the per-tenant block index written by the compactor."""
     return f"{RESERVED_PREFIX}index/{validate_tenant(tenant)}.json"
 
-
-def parse_block_key(key: str) -> tuple[str, str, str] | None:
-    """Split `tenant/ulid/file` into its parts, or None if the key is not inside a block."""
-    parts = key.split("/")
-    if len(parts) != 3 or key.startswith(RESERVED_PREFIX):
-        return None
-    tenant, block_id, name = parts
-    if not _TENANT_RE.match(tenant) or not is_ulid(block_id) or not name:
-        return None
-    return tenant, block_id, name

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, TypeVar, Union, runtime_checkable
+from typing import Callable, Protocol, TypeVar, Union, runtime_checkable
 
 from blocks.errors import (
     InvalidInputError,

@@ -6,7 +6,6 @@ import io
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -159,15 +158,21 @@ def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
     return pa.table({"series_ref": refs, "ts": ts, "value": pa.array(values)})
 
 
-def iter_raw_samples(store: ObjectStore, meta: BlockMeta) -> Iterator[pa.Table]:
-    """Decoded raw samples, one row group at a time."""
+def iter_row_groups(store: ObjectStore, meta: BlockMeta, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The block's samples.parquet row groups as stored; BlockCorruptError if unreadable."""
     with open_samples(store, meta) as fh:
         try:
             pf = pq.ParquetFile(fh)
             for i in range(pf.num_row_groups):
-                yield decode_raw(pf.read_row_group(i))
+                yield pf.read_row_group(i, columns=columns)
         except pa.ArrowException as e:
             raise BlockCorruptError(f"read samples.parquet of block {meta.ulid}: {e}", meta.ulid) from None
+
+
+def iter_raw_samples(store: ObjectStore, meta: BlockMeta) -> Iterator[pa.Table]:
+    """Decoded raw samples, one row group at a time."""
+    for rg in iter_row_groups(store, meta):
+        yield decode_raw(rg)
 
 
 def read_raw_samples(store: ObjectStore, meta: BlockMeta) -> pa.Table:
@@ -177,7 +182,3 @@ def read_raw_samples(store: ObjectStore, meta: BlockMeta) -> pa.Table:
         {"series_ref": pa.array([], pa.uint32()), "ts": pa.array([], pa.int64()),
          "value": pa.array([], pa.float64())})
 
-
-def raw_value_bits(values: np.ndarray) -> np.ndarray:
-    """Values as uint64 bit patterns, for exact comparisons that treat NaNs by their bits."""
-    return np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from blocks.errors import BlockCorruptError, HashCollisionError, InvalidInputError
+from blocks.errors import HashCollisionError, InvalidInputError
 from blocks.labels import METRIC_NAME, METRIC_TYPES, Labels, series_hash, series_sort_key
 
 FIXED_COLUMNS = ("series_ref", "series_hash", "metric_name", "metric_type")
@@ -29,6 +29,14 @@ def column_label(column: str) -> str | None:
 def sort_series(series: Sequence[Labels]) -> list[int]:
     """Indices that put `series` in block order: metric name, then labels."""
     return sorted(range(len(series)), key=lambda i: series_sort_key(series[i]))
+
+
+def block_order(series: Sequence[Labels]) -> tuple[list[int], np.ndarray]:
+    """(order, rank_of): indices in block order, and each series' position in that order."""
+    order = sort_series(series)
+    rank_of = np.empty(len(series), dtype=np.int64)
+    rank_of[order] = np.arange(len(series))
+    return order, rank_of
 
 
 def build_series_table(series: Sequence[Labels], types: Sequence[str]) -> pa.Table:
@@ -111,9 +119,3 @@ def check_series_table(table: pa.Table, block_id: str | None = None) -> list[str
         problems.append(f"invalid metric_type values {sorted(types - set(METRIC_TYPES))}")
     return problems
 
-
-def require_sound(table: pa.Table, block_id: str) -> None:
-    """Raise BlockCorruptError if the series table is not sound."""
-    problems = check_series_table(table, block_id)
-    if problems:
-        raise BlockCorruptError(f"block {block_id}: {problems[0]}", block_id)

@@ -167,7 +167,7 @@ def write_block(store: ObjectStore, spec: BlockSpec, series: Sequence[Labels], t
         pending_rows = 0
 
         def flush(final: bool) -> None:
-            nonlocal writer, pending, pending_rows
+            nonlocal pending, pending_rows
             while pending_rows >= options.row_group_rows or (final and pending_rows):
                 t = pa.concat_tables(pending)
                 take = t.slice(0, options.row_group_rows)

@@ -18,6 +18,7 @@ from blocks.cli_common import (
 from blocks.errors import InvalidInputError
 from blocks.objstore import open_store
 from blocks.selectors import parse_selector
+from blocks.writer import WriterOptions
 from compactor.execute import ExecOptions
 from compactor.nightly import CompactorConfig, Summary, run_once
 
@@ -159,8 +160,6 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     store = open_store(load_store_config(bucket, config))
     i, n = parse_shard(shard)
     selectors = [parse_selector(x) for x in downsample_exclude or []]
-    from blocks.writer import WriterOptions
-
     scratch = str(scratch_dir) if scratch_dir else None
     execution = ExecOptions(
         writer=WriterOptions(scratch_dir=scratch),

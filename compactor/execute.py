@@ -20,13 +20,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from blocks.errors import BlockCorruptError, HashCollisionError
-from blocks.labels import METRIC_NAME, Labels, series_hash, series_sort_key
+from blocks.errors import HashCollisionError
+from blocks.labels import METRIC_NAME, Labels, series_hash
 from blocks.marks import mark_for_deletion
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
-from blocks.reader import decode_raw, open_samples, read_series
-from blocks.series import series_labels
+from blocks.reader import decode_raw, iter_row_groups, read_series
+from blocks.series import block_order, series_labels
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from compactor.downsample.kernels import SCHEMA, columns_for, downsample, merge_windows
 from compactor.ha import dedup_replicas
@@ -60,17 +60,6 @@ class JobStats:
 def _series_of(store: ObjectStore, meta: BlockMeta) -> tuple[list[Labels], list[str]]:
     t = read_series(store, meta)
     return series_labels(t), t.column("metric_type").to_pylist()
-
-
-def iter_row_groups(store: ObjectStore, meta: BlockMeta, columns: list[str] | None = None) -> Iterator[pa.Table]:
-    """The block's samples.parquet row groups; BlockCorruptError if unreadable."""
-    with open_samples(store, meta) as fh:
-        try:
-            pf = pq.ParquetFile(fh)
-            for i in range(pf.num_row_groups):
-                yield pf.read_row_group(i, columns=columns)
-        except pa.ArrowException as e:
-            raise BlockCorruptError(f"read samples.parquet of block {meta.ulid}: {e}", meta.ulid) from None
 
 
 def _drop_label(labels: Labels, name: str | None) -> tuple[Labels, str]:
@@ -116,9 +105,7 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
             rep[i] = replica_ids.setdefault(replica, len(replica_ids))
         local_maps.append((gid, rep))
     series = list(union)
-    order = sorted(range(len(series)), key=lambda i: series_sort_key(series[i]))
-    rank_of = np.empty(len(series), dtype=np.int64)
-    rank_of[order] = np.arange(len(series))
+    order, rank_of = block_order(series)
     # Partition boundaries over output ranks from each source's mean rows per series.
     est = np.zeros(len(series))
     for m, (gid, _) in zip(sources, local_maps):
@@ -137,12 +124,11 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
                 ranks = rank_of[gid[refs]]
                 parts = part_of_rank[ranks]
                 stats.samples_in += len(refs)
-                cut = np.flatnonzero(np.diff(parts)) + 1 if options.dedup_replica_label is None else None
-                if cut is None:  # ranks are not monotonic under HA relabelling: group by partition
+                if options.dedup_replica_label is not None:
+                    # Dropping the replica label reorders series: group rows by partition first.
                     o = np.argsort(parts, kind="stable")
-                    ranks, parts, t = ranks[o], parts[o], t.take(pa.array(o))
-                    refs = refs[o]
-                    cut = np.flatnonzero(np.diff(parts)) + 1
+                    ranks, parts, refs, t = ranks[o], parts[o], refs[o], t.take(pa.array(o))
+                cut = np.flatnonzero(np.diff(parts)) + 1
                 for seg in np.split(np.arange(len(refs)), cut):
                     if len(seg) == 0:
                         continue

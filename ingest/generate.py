@@ -247,7 +247,7 @@ def write_parquet_long(spec: GenSpec, path: Path) -> int:
 def generate_prepared(spec: GenSpec):
     """All generated samples as an importer PreparedSamples (for writing straight to a bucket)."""
     from ingest.importer import PreparedSamples
-    from blocks.labels import series_sort_key
+    from blocks.series import block_order
 
     labels_list: list[Labels] = []
     types: list[str] = []
@@ -261,9 +261,7 @@ def generate_prepared(spec: GenSpec):
                 types.append(FAMILIES[fi][1])
                 ts_parts.append(ts)
                 val_parts.append(values)
-    order = sorted(range(len(labels_list)), key=lambda i: series_sort_key(labels_list[i]))
-    rank_of = np.empty(len(order), dtype=np.int64)
-    rank_of[order] = np.arange(len(order))
+    order, rank_of = block_order(labels_list)
     rank = rank_of[np.concatenate(sid_parts)]
     ts = np.concatenate(ts_parts)
     values = np.concatenate(val_parts)

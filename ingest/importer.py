@@ -11,11 +11,12 @@ import polars as pl
 import pyarrow as pa
 
 from blocks.errors import InvalidInputError, StrataError
-from blocks.labels import METRIC_NAME, Labels, parse_series, series_sort_key
+from blocks.labels import METRIC_NAME, Labels, parse_series
 from blocks.layout import validate_tenant
 from blocks.marks import block_file_names, delete_block
 from blocks.meta import BlockMeta
 from blocks.objstore import ObjectStore
+from blocks.series import block_order
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from compactor.merge import sort_dedup
 from ingest.parquet_long import parse_parquet_file
@@ -84,9 +85,7 @@ def prepare(parsed: Sequence[ParsedText]) -> PreparedSamples:
         frames.append(pl.DataFrame({"gid": local[p.frame["sid"].to_numpy()],
                                     "ts": p.frame["ts"], "value": p.frame["value"]}))
     series = list(canon)
-    order = sorted(range(len(series)), key=lambda i: series_sort_key(series[i]))
-    rank_of = np.empty(len(series), dtype=np.int64)
-    rank_of[order] = np.arange(len(series))
+    order, rank_of = block_order(series)
     sorted_series = [series[i] for i in order]
     types = [infer_type(dict(s)[METRIC_NAME], declared) for s in sorted_series]
     if not frames:

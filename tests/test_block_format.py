@@ -18,7 +18,7 @@ from blocks.labels import canonical_labels, series_sort_key
 from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key
 from blocks.meta import BlockMeta
 from blocks.objstore import MemoryStore, open_store
-from blocks.reader import decode_raw, load_listing, read_raw_samples, read_series
+from blocks.reader import load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
 from blocks.verify import verify_block
 from blocks.writer import BlockSpec, WriterOptions, write_block

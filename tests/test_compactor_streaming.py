@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 
 from blocks.meta import Resolution
 from blocks.objstore import MemoryStore, open_store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from blocks.objstore import MemoryStore
-from blocks.reader import load_listing, read_raw_samples, read_series
+from blocks.reader import load_listing, read_raw_samples
 from ingest.generate import SERIES_PER_HOST, GenSpec, generate_prepared, write_openmetrics, write_parquet_long
 from ingest.importer import import_files
 

@@ -6,7 +6,6 @@ import struct
 import sys
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from blocks.encoding import STALE_NAN_BITS
