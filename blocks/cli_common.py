@@ -34,9 +34,9 @@ class Output(str, Enum):
 
 BucketOpt = Annotated[Optional[str], typer.Option(
     "--bucket", envvar="STRATA_BUCKET",
-    help="Bucket URL: s3://bucket[/prefix], file:///abs/path or a local path.")]
+    help="Bucket URL: s3://bucket or s3://bucket/prefix, file:///abs/path, or a local path.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(
-    "--config", envvar="STRATA_CONFIG", help="TOML config file ([store] table: url, endpoint_url, region, ...).")]
+    "--config", envvar="STRATA_CONFIG", help="TOML config file (its store table: url, endpoint_url, region, ...).")]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="Output format.")]
 TenantOpt = Annotated[str, typer.Option("--tenant", envvar="STRATA_TENANT", help="Tenant name.")]
 

@@ -10,6 +10,7 @@ import typer
 from blocks.cli import app as blocks_app
 from compactor.compact_cli import compact_cmd
 from ingest.cli import generate_cmd, import_cmd
+from retention.cli import app as retention_app
 
 app = typer.Typer(
     name="strata",
@@ -22,6 +23,7 @@ app.command("import")(import_cmd)
 app.command("generate")(generate_cmd)
 app.command("compact")(compact_cmd)
 app.add_typer(blocks_app, name="blocks")
+app.add_typer(retention_app, name="retention")
 
 
 def main() -> None:

@@ -105,6 +105,10 @@ def _text(d: dict) -> str:
     lines += [f"skipped {k['job']}: {k['reason']}" for k in d["skipped"]]
     lines += [f"deleted {b}" for b in d["deleted"]]
     lines += [f"removed unfinished upload {b}" for b in d["cleaned_unfinished"]]
+    for tenant, r in sorted(d.get("retention", {}).get("tenants", {}).items()):
+        lines.append(f"retention {tenant}: {len(r['marked'])} blocks marked, {len(r['rewritten'])} rewritten, "
+                     f"{len(r['removed'])} removed ({fmt_bytes(r['bytes_freed'])} freed), {len(r['waiting'])} waiting")
+        lines += [f"  waiting {w}" for w in r["waiting"]]
     lines += [f"HALT {h['job']}: {h['reason']} (marked no-compact)" for h in d["halted"]]
     lines += [f"RETRY {r}" for r in d["retry"]]
     req = d["requests"].get("requests", {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from blocks.errors import HaltError, ObjectNotFound, RetryableError
@@ -23,6 +23,9 @@ from blocks.reader import list_block_ids, list_tenants, load_listing, load_meta
 from compactor.execute import ExecOptions, run_compact, run_downsample
 from compactor.lease import acquire, in_shard, release
 from compactor.planner import DAY_MS, CompactJob, DownsampleJob, plan_compaction, plan_downsampling
+from retention.apply import apply_plan, plan_retention
+from retention.policy import Policy
+from retention.store import load_policy
 
 Emit = Callable[..., None]
 
@@ -62,6 +65,7 @@ class Summary:
     skipped: list[dict] = field(default_factory=list)
     halted: list[dict] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
+    retention: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     requests: dict = field(default_factory=dict)
 
@@ -90,14 +94,22 @@ def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = Compactor
     """One idempotent pass over every tenant; integrity problems mark the group no-compact."""
     s = Summary()
     t0 = time.perf_counter()
+    policy, _ = load_policy(store)
     for tenant in tenants or list_tenants(store):
         try:
             _compact_tenant(store, tenant, now_ms, cfg, s, emit)
-            _downsample_tenant(store, tenant, now_ms, cfg, s, emit)
+            _downsample_tenant(store, tenant, now_ms, _with_policy_exclusion(cfg, policy, tenant), s, emit)
         except RetryableError as e:
             s.retry.append(f"{tenant}: {e}")
             emit("retry", tenant=tenant, error=str(e))
     s.seconds["compact_and_downsample"] = round(time.perf_counter() - t0, 3)
+    t2 = time.perf_counter()
+    for tenant in tenants or list_tenants(store):
+        try:
+            _retention_tenant(store, tenant, policy, now_ms, cfg, s, emit)
+        except RetryableError as e:
+            s.retry.append(f"{tenant}: {e}")
+    s.seconds["retention"] = round(time.perf_counter() - t2, 3)
     t1 = time.perf_counter()
     for tenant in tenants or list_tenants(store):
         try:
@@ -108,6 +120,35 @@ def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = Compactor
     s.seconds["cleanup"] = round(time.perf_counter() - t1, 3)
     s.requests = store.counts.as_dict() if hasattr(store, "counts") else {}
     return s
+
+
+def _with_policy_exclusion(cfg: CompactorConfig, policy: Policy, tenant: str) -> CompactorConfig:
+    """Series whose first matching retention rule says `downsample: false` are not downsampled."""
+    if not policy.no_downsample_selectors(tenant):
+        return cfg
+    rules = policy.rules_for(tenant)
+    flag = cfg.execution.downsample_exclude
+
+    def exclude(labels) -> bool:
+        return (flag is not None and flag(labels)) or not policy.for_series(tenant, labels, rules).downsample
+
+    return replace(cfg, execution=replace(cfg.execution, downsample_exclude=exclude))
+
+
+def _retention_tenant(store, tenant: str, policy: Policy, now_ms: int, cfg: CompactorConfig, s: Summary,
+                      emit: Emit) -> None:
+    """Apply the retention policy (after downsampling, so new tiers count as coverage)."""
+    if not (policy.defaults or policy.tenants or policy.rules) or cfg.shard != 0:
+        return  # no policy: keep everything; sharded runs: shard 0 applies retention
+
+    def work() -> None:
+        plan = plan_retention(store, policy, now_ms, tenants=[tenant], delay_ms=cfg.deletion_delay_ms)
+        rep = apply_plan(store, plan, now_ms, options=cfg.execution.writer, emit=emit)
+        acc = s.retention.setdefault("tenants", {})
+        acc[tenant] = {"policy_generation": policy.generation, "marked": rep.marked, "rewritten": rep.rewritten,
+                       "removed": rep.removed, "waiting": rep.waiting, "bytes_freed": rep.bytes_freed}
+
+    _with_lease(store, f"retention/{tenant}", now_ms, cfg, s, emit, lambda: True, work)
 
 
 def _with_lease(store, job_key: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit,

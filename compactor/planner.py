@@ -90,6 +90,9 @@ def plan_downsampling(metas: Iterable[BlockMeta], now_ms: int, *, range_ms: int 
     metas = list(metas)
     skip = set(excluded)
     done = {(m.tenant, m.resolution, p) for m in metas for p in m.parents}
+    # A source rewritten by retention (same sources, fewer series) is already covered by the
+    # target built from the block it replaced: sources ⊇ says so.
+    built = [(m.tenant, m.resolution, frozenset(m.sources)) for m in metas if m.ulid not in skip]
     jobs = []
     for src_res, dst_res in CASCADE:
         for m in sorted(metas, key=lambda b: (b.tenant, b.min_time, b.ulid)):
@@ -99,6 +102,9 @@ def plan_downsampling(metas: Iterable[BlockMeta], now_ms: int, *, range_ms: int 
             if m.min_time != start or m.max_time != start + range_ms or now_ms < m.max_time + grace_ms:
                 continue
             if (m.tenant, dst_res, m.ulid) in done:
+                continue
+            want = set(m.sources)
+            if any(t == m.tenant and r == dst_res and want <= s for t, r, s in built):
                 continue
             jobs.append(DownsampleJob(m.tenant, group_key(m), m.ulid, src_res, dst_res, m.min_time, m.max_time))
     return jobs
