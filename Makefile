@@ -21,9 +21,11 @@ demo: install
 	$(BIN)/strata generate --series 500 --hours 48 --out $(DATA)/demo.om
 	$(BIN)/strata import --bucket $(BUCKET) --tenant demo $(DATA)/demo.om
 	$(BIN)/strata blocks verify --bucket $(BUCKET)
+	$(BIN)/strata retention set raw=30d 5m=180d 1h=2y 1d=forever --bucket $(BUCKET)
 	$(BIN)/strata compact --bucket $(BUCKET) --once
 	$(BIN)/strata blocks verify --bucket $(BUCKET)
 	$(BIN)/strata blocks ls --bucket $(BUCKET)
+	$(BIN)/strata retention plan --bucket $(BUCKET) --now 2030-01-01
 
 test: install
 	$(BIN)/python -m pytest

@@ -70,6 +70,9 @@ def _fmt(ms: int | None) -> str:
     for unit, size in (("y", 31_536_000_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
         if ms % size == 0:
             return f"{ms // size}{unit}"
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if ms >= size:
+            return f"{ms / size:.1f}{unit}"
     return f"{ms}ms"
 
 
