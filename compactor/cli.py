@@ -11,6 +11,7 @@ from blocks.cli import app as blocks_app
 from compactor.compact_cli import compact_cmd
 from ingest.cli import generate_cmd, import_cmd
 from retention.cli import app as retention_app
+from query_gateway.cli import app as gateway_app
 
 app = typer.Typer(
     name="strata",
@@ -24,6 +25,7 @@ app.command("generate")(generate_cmd)
 app.command("compact")(compact_cmd)
 app.add_typer(blocks_app, name="blocks")
 app.add_typer(retention_app, name="retention")
+app.add_typer(gateway_app, name="gateway")
 
 
 def main() -> None:

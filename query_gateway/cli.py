@@ -1,0 +1,61 @@
+"""`strata gateway serve`: the store-gateway (Thanos StoreAPI gRPC + Prometheus HTTP APIs)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from blocks.cli_common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from blocks.objstore import open_store
+from query_gateway.auth import TenantAuth
+from query_gateway.engine import Engine, Limits
+from query_gateway.grpc_api import serve_grpc
+from query_gateway.http_api import Gateway, serve_http
+from query_gateway.metrics import GatewayMetrics
+
+app = typer.Typer(help="The store-gateway: serves blocks to Thanos Query (gRPC StoreAPI), Prometheus "
+                       "remote-read and the Prometheus label/series HTTP API.", no_args_is_help=True)
+
+
+@app.command("serve")
+@cli_errors
+def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
+              grpc_listen: Annotated[str, typer.Option(help="gRPC address (Thanos StoreAPI + Info).")] = "127.0.0.1:10901",
+              http_listen: Annotated[str, typer.Option(help="HTTP address (remote-read, labels, series, health, metrics).")] = "127.0.0.1:10902",
+              default_tenant: Annotated[str, typer.Option(help="Tenant of requests without X-Scope-OrgID.")] = "default",
+              auth_tokens_file: Annotated[Optional[Path], typer.Option(help='JSON {"token": "tenant"}: require bearer tokens; a token reads only its tenant.')] = None,
+              max_series: Annotated[int, typer.Option(help="Per-request series limit (0 = none).")] = 0,
+              max_samples: Annotated[int, typer.Option(help="Per-request samples/windows limit (0 = none).")] = 0,
+              max_query_range: Annotated[str, typer.Option(help="Per-request time-range limit, e.g. 400d ('0' = none).")] = "0",
+              deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay; marked blocks are not read past half of it.")] = "48h",
+              refresh: Annotated[str, typer.Option(help="How often block listings are refreshed.")] = "15s",
+              cache_blocks: Annotated[int, typer.Option(help="Block series tables kept in memory.")] = 256) -> None:
+    """Serve until SIGTERM/SIGINT.
+
+    Example: strata gateway serve --bucket s3://metrics --grpc-listen 127.0.0.1:10901 --http-listen 127.0.0.1:10902
+    """
+    store = open_store(load_store_config(bucket, config))
+    limits = Limits(max_series, max_samples, 0 if max_query_range == "0" else parse_duration_ms(max_query_range))
+    engine = Engine(store, deletion_delay_ms=parse_duration_ms(deletion_delay),
+                    refresh_s=parse_duration_ms(refresh) / 1000, limits=limits, cache_blocks=cache_blocks)
+    auth = TenantAuth.from_file(default_tenant, auth_tokens_file)
+    metrics = GatewayMetrics(engine)
+    gw = Gateway(engine, auth, metrics)
+    grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen)
+    http_server, http_port = serve_http(gw, http_listen)
+    store.list("_strata/index/")  # the bucket answers: ready
+    gw.ready.set()
+    sys.stderr.write(f'{{"event": "ready", "grpc_port": {grpc_port}, "http_port": {http_port}}}\n')
+    sys.stderr.flush()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    gw.ready.clear()
+    grpc_server.stop(grace=5).wait()
+    http_server.shutdown()

@@ -1,0 +1,286 @@
+"""HTTP: Prometheus remote-read, label/series endpoints, health, readiness and /metrics."""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlparse
+
+import cramjam
+from google.protobuf.message import DecodeError
+
+from blocks.cli_common import parse_time_ms
+from blocks.errors import InvalidInputError, RetryableError
+from blocks.selectors import parse_selector
+from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
+from query_gateway.convert import crc32c, derived_samples
+from query_gateway.engine import Engine, LimitExceeded, Matcher, parse_matchers
+from query_gateway.metrics import GatewayMetrics
+from query_gateway.pb import prom_remote_pb2, prom_types_pb2
+from query_gateway.xor import encode_chunks
+
+MAX_BODY = 32 << 20
+STREAM_FRAME_BYTES = 1 << 20
+
+
+class HttpError(Exception):
+    """An error with its HTTP status and Prometheus errorType."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+def _uvarint(x: int) -> bytes:
+    out = bytearray()
+    while x >= 0x80:
+        out.append((x & 0x7F) | 0x80)
+        x >>= 7
+    out.append(x)
+    return bytes(out)
+
+
+def _time_param(values: dict, name: str, default: int) -> int:
+    v = values.get(name)
+    if not v:
+        return default
+    text = v[-1]
+    try:
+        return int(round(float(text) * 1000))
+    except ValueError:
+        try:
+            return parse_time_ms(text)
+        except InvalidInputError:
+            raise HttpError(400, "bad_data", f"invalid parameter {name!r}: {text!r}") from None
+
+
+def _selector_matchers(text: str) -> list[Matcher]:
+    sel = parse_selector(text)
+    return [Matcher(m.name, m.op, m.value) for m in sel.matchers]
+
+
+class Gateway:
+    """Everything the HTTP handlers need."""
+
+    def __init__(self, engine: Engine, auth: TenantAuth, metrics: GatewayMetrics) -> None:
+        self.engine, self.auth, self.metrics = engine, auth, metrics
+        self.ready = threading.Event()
+
+
+def _handler(gw: Gateway):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "strata-gateway"
+
+        def log_message(self, fmt, *args):  # quiet; /metrics has the numbers
+            return
+
+        # ---- plumbing ------------------------------------------------------------------------
+        def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, doc: dict) -> None:
+            self._send(status, json.dumps(doc).encode(), "application/json")
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n > MAX_BODY:
+                raise HttpError(413, "bad_data", f"request body of {n} bytes exceeds {MAX_BODY}")
+            return self.rfile.read(n) if n else b""
+
+        def _params(self) -> dict:
+            url = urlparse(self.path)
+            values = parse_qs(url.query, keep_blank_values=True)
+            if self.command == "POST" and "form-urlencoded" in (self.headers.get("Content-Type") or ""):
+                for k, v in parse_qs(self._body().decode(), keep_blank_values=True).items():
+                    values.setdefault(k, []).extend(v)
+            return values
+
+        def _tenant(self) -> str:
+            return gw.auth.resolve(self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization"))
+
+        def _dispatch(self) -> None:
+            path = urlparse(self.path).path
+            t0 = time.perf_counter()
+            api, status = path, 200
+            try:
+                if path == "/-/healthy":
+                    api = "healthy"
+                    self._send(200, b"Healthy.\n", "text/plain")
+                elif path == "/-/ready":
+                    api = "ready"
+                    ok = gw.ready.is_set()
+                    status = 200 if ok else 503
+                    self._send(status, b"Ready.\n" if ok else b"Not ready.\n", "text/plain")
+                elif path == "/metrics":
+                    api = "metrics"
+                    self._send(200, gw.metrics.exposition(), "text/plain; version=0.0.4")
+                elif path == "/api/v1/read":
+                    api = "remote_read"
+                    if self.command != "POST":
+                        raise HttpError(405, "bad_data", "remote read needs POST")
+                    self._remote_read()
+                elif path == "/api/v1/labels":
+                    api = "labels"
+                    self._labels()
+                elif path.startswith("/api/v1/label/") and path.endswith("/values"):
+                    api = "label_values"
+                    self._label_values(unquote(path[len("/api/v1/label/"):-len("/values")]))
+                elif path == "/api/v1/series":
+                    api = "series"
+                    self._series()
+                else:
+                    api = "unknown"
+                    raise HttpError(404, "not_found", f"no such endpoint {path}")
+            except HttpError as e:
+                status = e.status
+                self._json(e.status, {"status": "error", "errorType": e.kind, "error": str(e)})
+            except Unauthenticated as e:
+                status = 401
+                self._json(401, {"status": "error", "errorType": "unauthorized", "error": str(e)})
+            except Forbidden as e:
+                status = 403
+                self._json(403, {"status": "error", "errorType": "forbidden", "error": str(e)})
+            except LimitExceeded as e:
+                status = 413 if e.kind == "samples" else 422
+                self._json(status, {"status": "error", "errorType": "execution", "error": str(e)})
+            except InvalidInputError as e:
+                status = 400
+                self._json(400, {"status": "error", "errorType": "bad_data", "error": str(e)})
+            except Exception as e:  # a bug or a storage failure: 500, logged, never a dropped connection
+                status = 503 if isinstance(e, (RetryableError, OSError)) else 500
+                sys.stderr.write(json.dumps({"event": "http_error", "api": api, "error": repr(e)}) + "\n")
+                self._json(status, {"status": "error", "errorType": "internal", "error": str(e)})
+            finally:
+                gw.metrics.observe(api, str(status), time.perf_counter() - t0)
+
+        do_GET = do_POST = _dispatch
+
+        # ---- Prometheus HTTP API -------------------------------------------------------------
+        def _range(self, values: dict, tenant: str) -> tuple[int, int]:
+            lo, hi = gw.engine.time_range(tenant)
+            return _time_param(values, "start", lo), _time_param(values, "end", hi)
+
+        def _matchers(self, values: dict) -> list[list[Matcher]]:
+            return [_selector_matchers(m) for m in values.get("match[]", [])]
+
+        def _labels(self) -> None:
+            values, tenant = self._params(), self._tenant()
+            start, end = self._range(values, tenant)
+            names: set[str] = set()
+            for ms in self._matchers(values) or [[]]:
+                names.update(gw.engine.label_names(tenant, ms, start, end))
+            self._json(200, {"status": "success", "data": sorted(names)})
+
+        def _label_values(self, name: str) -> None:
+            values, tenant = self._params(), self._tenant()
+            start, end = self._range(values, tenant)
+            out: set[str] = set()
+            for ms in self._matchers(values) or [[]]:
+                out.update(gw.engine.label_values(tenant, name, ms, start, end))
+            self._json(200, {"status": "success", "data": sorted(out)})
+
+        def _series(self) -> None:
+            values, tenant = self._params(), self._tenant()
+            selectors = self._matchers(values)
+            if not selectors:
+                raise HttpError(400, "bad_data", "no match[] parameter provided")
+            start, end = self._range(values, tenant)
+            seen: dict = {}
+            for ms in selectors:
+                for s in gw.engine.select(tenant, ms, start, end, max_resolution_ms=86_400_000, skip_data=True).series:
+                    seen[s.labels] = dict(s.labels)
+            self._json(200, {"status": "success", "data": [seen[k] for k in sorted(seen)]})
+
+        # ---- remote read ---------------------------------------------------------------------
+        def _remote_read(self) -> None:
+            tenant = self._tenant()
+            try:
+                req = prom_remote_pb2.ReadRequest.FromString(bytes(cramjam.snappy.decompress_raw(self._body())))
+            except (cramjam.DecompressionError, DecodeError, ValueError) as e:
+                raise HttpError(400, "bad_data", f"invalid remote-read request (snappy block + protobuf): {e}") from None
+            streamed = prom_remote_pb2.ReadRequest.STREAMED_XOR_CHUNKS in req.accepted_response_types
+            results = []
+            for q in req.queries:
+                ms = parse_matchers((m.name, int(m.type), m.value) for m in q.matchers)
+                h = q.hints if q.HasField("hints") else None
+                res = gw.engine.select(tenant, ms, q.start_timestamp_ms, q.end_timestamp_ms,
+                                       step_ms=h.step_ms if h else 0, window_ms=h.range_ms if h else 0)
+                results.append((res, h.func if h else ""))
+            if streamed:
+                self._stream(results)
+                return
+            out = prom_remote_pb2.ReadResponse()
+            n = 0
+            for res, func in results:
+                qr = out.results.add()
+                for s in res.series:
+                    ts_out = qr.timeseries.add()
+                    ts_out.labels.extend(prom_types_pb2.Label(name=k, value=v) for k, v in s.labels)
+                    for part in s.parts:
+                        ts, vals = derived_samples(part, func)
+                        ts_out.samples.extend(prom_types_pb2.Sample(value=float(v), timestamp=int(t))
+                                              for t, v in zip(ts.tolist(), vals.tolist()))
+                        n += len(ts)
+            gw.metrics.samples.labels("remote_read").inc(n)
+            body = bytes(cramjam.snappy.compress_raw(out.SerializeToString()))
+            self._send(200, body, "application/x-protobuf", {"Content-Encoding": "snappy"})
+
+        def _stream(self, results) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+
+            def frame(msg: prom_remote_pb2.ChunkedReadResponse) -> None:
+                data = msg.SerializeToString()
+                payload = _uvarint(len(data)) + struct.pack(">I", crc32c(data)) + data
+                self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+
+            n = 0
+            for qi, (res, func) in enumerate(results):
+                n += sum(s.samples() for s in res.series)
+                for s in res.series:
+                    msg = prom_remote_pb2.ChunkedReadResponse(query_index=qi)
+                    cs = msg.chunked_series.add()
+                    cs.labels.extend(prom_types_pb2.Label(name=k, value=v) for k, v in s.labels)
+                    size = 0
+                    for part in s.parts:
+                        ts, vals = derived_samples(part, func)
+                        for lo, hi, data in encode_chunks(ts, vals):
+                            cs.chunks.add(min_time_ms=lo, max_time_ms=hi, type=prom_types_pb2.Chunk.XOR, data=data)
+                            size += len(data)
+                            if size >= STREAM_FRAME_BYTES:  # split a big series across frames
+                                frame(msg)
+                                msg = prom_remote_pb2.ChunkedReadResponse(query_index=qi)
+                                cs = msg.chunked_series.add()
+                                cs.labels.extend(prom_types_pb2.Label(name=k, value=v) for k, v in s.labels)
+                                size = 0
+                    if cs.chunks:
+                        frame(msg)
+            self.wfile.write(b"0\r\n\r\n")
+            gw.metrics.samples.labels("remote_read_streamed").inc(n)
+
+    return Handler
+
+
+def serve_http(gw: Gateway, listen: str) -> tuple[ThreadingHTTPServer, int]:
+    """Start the HTTP server in a thread; returns (server, bound port)."""
+    host, _, port = listen.rpartition(":")
+    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _handler(gw))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="strata-http", daemon=True).start()
+    return server, server.server_address[1]
+
+
+__all__ = ["Gateway", "serve_http", "HttpError"]
