@@ -36,6 +36,7 @@ test-fast: install
 bench: install
 	$(BIN)/python bench/bench_raw.py
 	$(BIN)/python bench/bench_compact.py
+	$(BIN)/python bench/bench_query.py
 
 clean:
 	rm -rf $(DATA) bench/out .pytest_cache .hypothesis

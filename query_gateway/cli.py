@@ -59,3 +59,4 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     gw.ready.clear()
     grpc_server.stop(grace=5).wait()
     http_server.shutdown()
+    http_server.server_close()

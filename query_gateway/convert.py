@@ -32,7 +32,7 @@ def _col(part: Part, name: str) -> np.ndarray | None:
         if any(x is None for x in a):
             return None
         a = a.astype(np.float64)
-    elif np.issubdtype(a.dtype, np.floating) and np.isnan(a).all() and name != "sum":
+    elif np.issubdtype(a.dtype, np.floating) and np.isnan(a).all():  # a null column (another type's)
         return None
     return a
 

@@ -67,14 +67,20 @@ def readable_blocks(metas: Iterable[BlockMeta], *, marks: Mapping[str, int] | No
     ok = [m for m in metas if m.ulid not in marks or now_ms - marks[m.ulid] <= delay_ms // 2]
 
     def rank(m: BlockMeta) -> tuple:
-        # Prefer unmarked, then more sources (merged), then newer.
-        return (m.ulid not in marks, len(m.sources), m.created_at_ms, m.ulid)
+        # Between blocks with the same sources (a retention rewrite): unmarked, then newer.
+        return (m.ulid not in marks, m.created_at_ms, m.ulid)
 
     out = []
     for m in ok:
         src = set(m.sources)
-        superseded = any(o is not m and o.resolution_ms == m.resolution_ms and o.tenant == m.tenant
-                         and src <= set(o.sources) and rank(o) > rank(m) for o in ok)
+        superseded = False
+        for o in ok:
+            if o is m or o.resolution_ms != m.resolution_ms or o.tenant != m.tenant:
+                continue
+            other = set(o.sources)
+            if src < other or (src == other and rank(o) > rank(m)):
+                superseded = True  # o holds everything m holds (a merge of m, or m's rewrite)
+                break
         if not superseded:
             out.append(m)
     return out
