@@ -86,11 +86,34 @@ def metrics_text(s: Summary, now_ms: int, exit_code: int) -> str:
               "# HELP strata_compact_duration_seconds Duration of the last pass by phase.",
               "# TYPE strata_compact_duration_seconds gauge"]
     lines += [f'strata_compact_duration_seconds{{phase="{p}"}} {v}' for p, v in sorted(s.seconds.items())]
+    lines += ["# HELP strata_bucket_newest_block_end_seconds End of the newest live block per resolution (downsampling lag = now - this).",
+              "# TYPE strata_bucket_newest_block_end_seconds gauge"]
+    lines += [f'strata_bucket_newest_block_end_seconds{{resolution="{r}"}} {v / 1000:.3f}'
+              for r, v in sorted(s.newest_ms.items())]
+    retained = s.retention.get("tenants", {}).values()
+    lines += ["# HELP strata_retention_blocks_waiting Blocks past retention waiting for a coarser tier (safety rule).",
+              "# TYPE strata_retention_blocks_waiting gauge",
+              f"strata_retention_blocks_waiting {sum(len(r['waiting']) for r in retained)}"]
     lines += ["# HELP strata_objstore_requests Object-store requests of the last pass by kind.",
               "# TYPE strata_objstore_requests gauge"]
     lines += [f'strata_objstore_requests{{kind="{k}"}} {v}'
               for k, v in sorted(s.requests.get("requests", {}).items())]
     return "\n".join(lines) + "\n"
+
+
+def push_metrics(url: str, text: str, shard: str = "") -> None:
+    """PUT the exposition to a Pushgateway (replaces the group's metrics); failures are logged, not fatal."""
+    import urllib.error
+    import urllib.request
+
+    target = url.rstrip("/") + "/metrics/job/strata_compact" + (f"/shard/{shard}" if shard else "")
+    req = urllib.request.Request(target, data=text.encode(), method="PUT",
+                                 headers={"Content-Type": "text/plain; version=0.0.4"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
+    except (urllib.error.URLError, OSError) as e:
+        sys.stderr.write(json.dumps({"event": "pushgateway_error", "url": target, "error": str(e)}) + "\n")
 
 
 def _text(d: dict) -> str:
@@ -153,6 +176,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                 grace: Annotated[str, typer.Option(help="A range is closed this long after its end.")] = "1h",
                 lease_ttl: Annotated[str, typer.Option(help="A job's lease expires after this; keep it above the CronJob's activeDeadlineSeconds.")] = "6h",
                 metrics_textfile: Annotated[Optional[Path], typer.Option(help="Write the summary as Prometheus metrics to this file.")] = None,
+                pushgateway: Annotated[Optional[str], typer.Option(help="Push the summary metrics to this Pushgateway URL (job strata_compact).")] = None,
                 now: Annotated[Optional[str], typer.Option(help="Pretend it is this time (ms or ISO-8601); for tests and backfills.")] = None,
                 output: OutputOpt = Output.text) -> None:
     """One pass of the nightly job: compact raw blocks into days, downsample raw->5m->1h->1d,
@@ -184,6 +208,8 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
         tmp = metrics_textfile.with_suffix(metrics_textfile.suffix + ".tmp")
         tmp.write_text(metrics_text(summary, int(time.time() * 1000), code))
         tmp.replace(metrics_textfile)
+    if pushgateway is not None:
+        push_metrics(pushgateway, metrics_text(summary, int(time.time() * 1000), code), f"{i}" if n > 1 else "")
     render(output, summary.as_dict(), _text)
     if code:
         raise typer.Exit(code)

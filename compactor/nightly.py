@@ -67,6 +67,7 @@ class Summary:
     retry: list[str] = field(default_factory=list)
     retention: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    newest_ms: dict[str, int] = field(default_factory=dict)  # resolution -> newest live block end, all tenants
     requests: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -114,7 +115,11 @@ def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = Compactor
     for tenant in tenants or list_tenants(store):
         try:
             _cleanup_tenant(store, tenant, now_ms, cfg, s, emit)
-            write_index(store, tenant, now_ms)
+            listing = write_index(store, tenant, now_ms)
+            for m in listing.metas:
+                if m.ulid not in listing.deletion_marks:
+                    label = m.resolution.label
+                    s.newest_ms[label] = max(s.newest_ms.get(label, 0), m.max_time)
         except RetryableError as e:
             s.retry.append(f"{tenant}: {e}")
     s.seconds["cleanup"] = round(time.perf_counter() - t1, 3)

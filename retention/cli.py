@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -127,6 +129,24 @@ def unset_cmd(resolutions: Annotated[list[str], typer.Argument(help="Resolutions
     _, new = edit_policy(_store(bucket, config), lambda p: p.without_durations(resolutions, tenant),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, tenant, output, dry_run)
+
+
+@app.command("import", epilog=MODEL)
+@cli_errors
+def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the document `show -o json` prints under 'policy').")],
+               bucket: BucketOpt = None, config: ConfigOpt = None, dry_run: DryRun = False,
+               expect_generation: ExpectGen = None, output: OutputOpt = Output.text) -> None:
+    """Replace the whole policy with a validated JSON document (compare-and-swap), e.g. a ConfigMap's bootstrap.
+
+    Example: strata retention import /etc/strata/retention-policy.json
+    """
+    try:
+        doc = Policy.from_json(path.read_bytes())
+    except OSError as e:
+        raise InvalidInputError(f"cannot read {path}: {e}") from None
+    _, new = edit_policy(_store(bucket, config), lambda p: replace(doc, generation=p.generation),
+                         expect_generation=expect_generation, dry_run=dry_run)
+    _show(new, None, output, dry_run)
 
 
 @rule_app.command("add", epilog=MODEL)
