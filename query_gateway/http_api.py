@@ -21,7 +21,7 @@ from query_gateway.convert import crc32c, derived_samples
 from query_gateway.engine import Engine, LimitExceeded, Matcher, parse_matchers
 from query_gateway.metrics import GatewayMetrics
 from query_gateway.pb import prom_remote_pb2, prom_types_pb2
-from query_gateway.xor import encode_chunks
+from query_gateway.xor import _uvarint, encode_chunks
 
 MAX_BODY = 32 << 20
 STREAM_FRAME_BYTES = 1 << 20
@@ -33,15 +33,6 @@ class HttpError(Exception):
     def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(message)
         self.status, self.kind = status, kind
-
-
-def _uvarint(x: int) -> bytes:
-    out = bytearray()
-    while x >= 0x80:
-        out.append((x & 0x7F) | 0x80)
-        x >>= 7
-    out.append(x)
-    return bytes(out)
 
 
 def _time_param(values: dict, name: str, default: int) -> int:

@@ -106,7 +106,7 @@ def windows_by_labels(store, res):
     m = block(store, res)
     labels = series_labels(read_series(store, m))
     with open_samples(store, m) as fh:
-        t = pq.read_table(fh).to_pandas() if False else pq.read_table(fh)
+        t = pq.read_table(fh)
     refs = t["series_ref"].to_numpy()
     return {lab: {c: t[c].to_numpy(zero_copy_only=False)[refs == r] for c in t.column_names}
             for r, lab in enumerate(labels)}
@@ -115,7 +115,7 @@ def windows_by_labels(store, res):
 def series(stub, **kw):
     req = thanos_store_pb2.SeriesRequest(matchers=[LM(type=LM.RE, name="__name__", value=".+")], **kw)
     out, warnings = [], []
-    for resp in stub.Series(req, metadata=kw.pop("metadata", None) if False else None):
+    for resp in stub.Series(req):
         if resp.HasField("series"):
             out.append(resp.series)
         else:
