@@ -80,15 +80,18 @@ def _expired(meta: BlockMeta, keep_ms: int | None, now_ms: int) -> bool:
     return keep_ms is not None and meta.max_time <= now_ms - keep_ms
 
 
-def _covering(meta: BlockMeta, tier: Resolution, live: Sequence[BlockMeta]) -> BlockMeta | None:
+def _covering(meta: BlockMeta, tier: Resolution, live: Sequence[BlockMeta],
+              has_series: Callable[[BlockMeta], bool] | None) -> BlockMeta | None:
     want = set(meta.sources)
     for c in live:
-        if c.resolution == tier and c.tenant == meta.tenant and want <= set(c.sources):
+        if c.resolution == tier and c.tenant == meta.tenant and want <= set(c.sources) \
+                and (has_series is None or has_series(c)):
             return c
     return None
 
 
-def _verdict(meta: BlockMeta, sp: SeriesPolicy, now_ms: int, live: Sequence[BlockMeta]) -> tuple[str, str]:
+def _verdict(meta: BlockMeta, sp: SeriesPolicy, now_ms: int, live: Sequence[BlockMeta],
+             has_series: Callable[[BlockMeta], bool] | None = None) -> tuple[str, str]:
     """('keep'|'leave'|'wait', reason) for one series setting in one block."""
     res = meta.resolution
     keep = sp.keep_ms(res)
@@ -101,7 +104,7 @@ def _verdict(meta: BlockMeta, sp: SeriesPolicy, now_ms: int, live: Sequence[Bloc
     if not coarser:
         return "leave", why + ", no coarser tier keeps it either"
     home = coarser[0]
-    c = _covering(meta, home, live)
+    c = _covering(meta, home, live, has_series)
     if c is None:
         return "wait", why + f", but no {home.label} block covers it yet"
     return "leave", why + f", {home.label} block {c.ulid} covers it"
@@ -116,6 +119,13 @@ def select_expired(metas: Iterable[BlockMeta], policy: Policy, now_ms: int, *,
     live = [m for m in metas if m.ulid not in marked]
     out = Selection()
     rules_cache: dict[str, list] = {}
+    held_cache: dict[str, set] = {}
+
+    def held(c: BlockMeta) -> set:
+        if c.ulid not in held_cache:
+            held_cache[c.ulid] = set(series_of(c))
+        return held_cache[c.ulid]
+
     for m in metas:
         if m.ulid in marked:
             if now_ms - marked[m.ulid] >= delay_ms:
@@ -135,7 +145,10 @@ def select_expired(metas: Iterable[BlockMeta], policy: Policy, now_ms: int, *,
             continue
         if series_of is None:
             raise ValueError("series_of is needed when selector rules apply")
-        verdicts = [_verdict(m, policy.for_series(m.tenant, labels, rules), now_ms, live)
+        # With rules, series can differ per block (rewrites drop some): a coarser block covers a
+        # series only if it holds that series, not merely the same raw sources.
+        verdicts = [_verdict(m, policy.for_series(m.tenant, labels, rules), now_ms, live,
+                             lambda c, labels=labels: labels in held(c))
                     for labels in series_of(m)]
         _add(out, m, verdicts, whole=False)
     return out

@@ -153,7 +153,7 @@ def test_skip_to_the_nearest_tier_that_should_hold_it():
 
 
 def test_per_series_rules_rewrite_delete_and_wait():
-    series = {"RAW0": [GO, HTTP], "RAW1": [GO, HTTP]}
+    series = {"RAW0": [GO, HTTP], "RAW1": [GO, HTTP], "M5X": [HTTP]}  # go_ is not downsampled
     p = Policy.from_dict({"defaults": {"raw": "30d", "5m": "forever"},
                           "rules": [{"selector": '{__name__=~"go_.*"}', "retention": {"raw": "7d"}, "downsample": False}]})
     blocks = [bm("RAW0", R, 0, series=2), bm("RAW1", R, 25, series=2)]
@@ -277,7 +277,7 @@ def should_hold(policy, q, day, now):
     return [t for t in tiers if not expired(policy, q, t, day, now)]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=policies(), data=st.data())
 def test_property_apply_never_loses_covered_data_and_never_keeps_past_delay(policy, data):
     days = 4
@@ -318,3 +318,18 @@ def test_property_apply_never_loses_covered_data_and_never_keeps_past_delay(poli
         left = [u for u in w.blocks if w.blocks[u]["tier"] == tier and w.blocks[u]["day"] == day
                 and q in w.blocks[u]["series"]]
         assert not left, (tier.label, day, q, [w.blocks[u] for u in left])
+
+
+def test_coverage_needs_the_series_not_just_the_sources():
+    """Found by the property test: a 1h block rebuilt from a 5m block that had already dropped a
+    series covers the raw block by sources but does not hold that series: raw must keep it."""
+    p = Policy.from_dict({"defaults": {"raw": "forever", "5m": "forever", "1h": "forever", "1d": "forever"},
+                          "rules": [{"selector": '{job="billing"}', "retention": {"raw": "5d", "5m": "1d"}}]})
+    series = {"RAW1": [BILL, HTTP], "H1X": [HTTP]}
+    blocks = [bm("RAW1", R, 1, series=2), bm("H1X", H1, 1)]
+    sel = select_expired(blocks, p, 8 * D, series_of=lambda m: series[m.ulid])
+    (d,) = sel.decisions
+    assert d.action == "wait" and "no 1h block covers it yet" in d.reason
+    series["H1X"] = [BILL, HTTP]
+    (d,) = select_expired(blocks, p, 8 * D, series_of=lambda m: series[m.ulid]).decisions
+    assert (d.action, d.drop_series) == ("rewrite", (0,))
