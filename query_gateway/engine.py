@@ -7,6 +7,7 @@ Adapters turn parts into Thanos AggrChunks, remote-read samples or XOR chunks.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,8 @@ from blocks.labels import Labels
 from blocks.meta import Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import BlockListing, load_listing
-from query_gateway.reader import BlockReader, Matcher, split_by_ref
+from blocks.selectors import Matcher
+from query_gateway.reader import BlockReader, split_by_ref
 from query_gateway.tiers import TierPlan, choose_tiers
 
 WINDOW_COLUMNS = ("count", "sum", "min", "max", "last", "first_ts", "first", "last_ts", "increase", "resets")
@@ -232,23 +234,12 @@ def parse_matchers(pairs: Iterable[tuple[str, int | str, str]]) -> list[Matcher]
         if not name:
             raise InvalidInputError("invalid matcher: empty label name")
         out.append(Matcher(name, ops[typ], value))
-    if out and all(_matches_empty(m) for m in out):
-        raise InvalidInputError("at least one matcher must not match the empty string")
-    return out
-
-
-def _matches_empty(m: Matcher) -> bool:
-    import re
-
-    if m.op == "=":
-        return m.value == ""
-    if m.op == "!=":
-        return m.value != ""
     try:
-        hit = re.fullmatch(m.value, "", re.DOTALL) is not None
-    except re.error:
-        raise InvalidInputError(f"invalid regex {m.value!r} in matcher on {m.name}") from None
-    return hit if m.op == "=~" else not hit
+        if out and all(m.matches("") for m in out):  # also compiles every regex
+            raise InvalidInputError("at least one matcher must not match the empty string")
+    except re.error as e:
+        raise InvalidInputError(f"invalid regex in matchers: {e}") from None
+    return out
 
 
 __all__ = ["Engine", "Limits", "LimitExceeded", "Matcher", "Part", "SeriesData", "Result", "parse_matchers"]

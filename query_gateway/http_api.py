@@ -50,8 +50,7 @@ def _time_param(values: dict, name: str, default: int) -> int:
 
 
 def _selector_matchers(text: str) -> list[Matcher]:
-    sel = parse_selector(text)
-    return [Matcher(m.name, m.op, m.value) for m in sel.matchers]
+    return list(parse_selector(text).matchers)
 
 
 class Gateway:

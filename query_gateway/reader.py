@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Sequence
 
 import duckdb
@@ -26,16 +25,8 @@ from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import LocalDirStore, ObjectStore, unwrap
 from blocks.reader import StoreFile, decode_raw
+from blocks.selectors import Matcher
 from blocks.series import column_label, label_column, series_labels
-
-
-@dataclass(frozen=True)
-class Matcher:
-    """A label matcher as sent by PromQL engines: type is =, !=, =~ or !~."""
-
-    name: str
-    op: str
-    value: str
 
 
 class StoreFSHandler(pafs.FileSystemHandler):

@@ -59,10 +59,6 @@ class Selection:
 
     decisions: list[Decision] = field(default_factory=list)
 
-    def of(self, action: str) -> list[Decision]:
-        """Decisions of one kind."""
-        return [d for d in self.decisions if d.action == action]
-
 
 def _fmt(ms: int | None) -> str:
     if ms is None:

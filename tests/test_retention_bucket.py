@@ -19,7 +19,6 @@ from compactor.cli import app
 from compactor.nightly import CompactorConfig, run_once
 from ingest.generate import GenSpec, generate_prepared
 from ingest.importer import write_prepared
-from retention.apply import apply_plan, plan_retention
 from retention.policy import POLICY_KEY, Policy, Rule
 from retention.store import PolicyConflict, edit_policy, load_policy
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blocks.meta import BlockMeta, BlockStats, Resolution
+from blocks.meta import BlockMeta, BlockStats
 from query_gateway.tiers import TIERS, choose_tiers, wanted_resolution
 from query_gateway.xor import decode_xor, encode_chunks, encode_xor
 from tests.prom import promtool_backfill, require_prometheus
