@@ -10,19 +10,21 @@ import typer
 from blocks.cli import app as blocks_app
 from compactor.compact_cli import compact_cmd
 from ingest.cli import generate_cmd, import_cmd
+from ingest.receive_cli import receive_cmd
 from retention.cli import app as retention_app
 from query_gateway.cli import app as gateway_app
 
 app = typer.Typer(
     name="strata",
     help="Strata: the long-term tier for Prometheus metrics (blocks on object storage, "
-         "downsampled 5m/1h/1d, retention, store-gateway).",
+         "downsampled 5m/1h/1d, retention, store-gateway, remote-write receiver).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 app.command("import")(import_cmd)
 app.command("generate")(generate_cmd)
 app.command("compact")(compact_cmd)
+app.command("receive")(receive_cmd)
 app.add_typer(blocks_app, name="blocks")
 app.add_typer(retention_app, name="retention")
 app.add_typer(gateway_app, name="gateway")

@@ -1,0 +1,622 @@
+"""The hot store: remote-write samples -> WAL -> per-tenant head -> sealed raw blocks.
+
+Guarantees (tests/test_receive*.py check each):
+- A write is acknowledged only after its samples are in the WAL and the WAL is fsynced.
+- Every tenant has a *sealed-until* time. Samples older than it are refused (reason `too_old`,
+  HTTP 400, counted) — never put in a late block. Sealing a range moves sealed-until to the
+  range's end first, so nothing can slip in behind a block while it is being written.
+- A range [a, a+R) is sealed once max(head's newest sample, now - R) - grace >= a+R. `flush`
+  seals everything now; sealed-until then becomes the newest sample + 1 ms and later samples of
+  that range go into a second block of the same range, which the compactor merges.
+- Before a block is written its id goes into `state.json` as pending; after its meta.json is
+  committed, sealed-until is stored there. On start, a pending block whose meta.json exists
+  counts as sealed (its samples are skipped on replay); one without is removed and re-sealed.
+- A WAL segment is deleted only when every sample in it is older than its tenant's stored
+  sealed-until. Replay skips samples the bucket already holds, so each acknowledged sample lands
+  in exactly one block; duplicates from sender retries are dropped when a block is sealed.
+- Shutdown stops accepting, waits for in-flight writes, fsyncs and seals nothing early.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import zstandard
+
+from blocks.errors import InvalidInputError, StrataError
+from blocks.labels import METRIC_NAME
+from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, validate_tenant
+from blocks.meta import BlockMeta
+from blocks.objstore import ObjectStore
+from blocks.series import block_order
+from blocks.ulid import new_ulid
+from blocks.writer import BlockSpec, WriterOptions, write_block
+from compactor.merge import sort_dedup
+from ingest.rw_decode import Decoded, LabelLimits, SeriesTable, decode_labels, decode_request
+from ingest.textformat import infer_type, name_types
+from ingest.wal import WAL, frame, fsync_dir, iter_records, list_segments, segment_path
+
+R_SERIES, R_SAMPLES, R_METADATA = 1, 2, 3
+STATE_FILE = "state.json"
+LOCK_FILE = "LOCK"
+SAMPLE_BYTES = 20      # head cost per sample: int32 id + int64 ts + float64 value
+SERIES_BYTES = 250     # rough head cost per series (keys and dict slots)
+
+
+class NotReady(StrataError):
+    """Replaying the WAL or shutting down (HTTP 503)."""
+
+
+class Overloaded(StrataError):
+    """The head is over its memory limit (HTTP 503 with Retry-After; the sender retries)."""
+
+
+@dataclass(frozen=True)
+class ReceiverConfig:
+    """Everything `strata receive` can set."""
+
+    wal_dir: Path
+    block_range_ms: int = 2 * 3600 * 1000
+    grace_ms: int = 30 * 60 * 1000           # out-of-order window after a range ends
+    future_ms: int = 10 * 60 * 1000          # samples further ahead of the clock are refused
+    max_head_bytes: int = 4 << 30
+    max_request_bytes: int = 64 << 20        # decompressed
+    segment_bytes: int = 128 << 20
+    commit_delay_s: float = 0.0
+    seal_interval_s: float = 15.0
+    label_limits: LabelLimits = LabelLimits()
+    writer: WriterOptions = WriterOptions()
+    receiver_id: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        if self.block_range_ms <= 0 or self.grace_ms < 0 or self.future_ms < 0:
+            raise InvalidInputError("block range must be positive; grace and future windows non-negative")
+
+
+@dataclass
+class WriteResult:
+    """What one request did."""
+
+    accepted: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    first_error: str | None = None
+    exemplars: int = 0
+
+
+# ---- record payloads -------------------------------------------------------------------------
+
+def _tenant_prefix(tenant: str) -> bytes:
+    b = tenant.encode()
+    return struct.pack("<H", len(b)) + b
+
+
+def _split_tenant(payload: bytes) -> tuple[str, int]:
+    (n,) = struct.unpack_from("<H", payload)
+    return payload[2:2 + n].decode(), 2 + n
+
+
+def encode_series(tenant: str, sids: np.ndarray, keys: list[bytes]) -> bytes:
+    """R_SERIES: which (segment-local) id means which canonical label set."""
+    lens = np.fromiter(map(len, keys), dtype=np.uint32, count=len(keys))
+    return (_tenant_prefix(tenant) + struct.pack("<I", len(keys)) + sids.astype("<u4").tobytes()
+            + lens.astype("<u4").tobytes() + b"".join(keys))
+
+
+def decode_series(payload: bytes) -> tuple[str, np.ndarray, list[bytes]]:
+    """Inverse of encode_series."""
+    tenant, off = _split_tenant(payload)
+    (n,) = struct.unpack_from("<I", payload, off)
+    off += 4
+    sids = np.frombuffer(payload, "<u4", n, off).astype(np.int64)
+    lens = np.frombuffer(payload, "<u4", n, off + 4 * n).astype(np.int64)
+    off += 8 * n
+    ends = off + np.cumsum(lens)
+    starts = ends - lens
+    keys = [payload[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
+    return tenant, sids, keys
+
+
+def encode_samples(tenant: str, sids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> bytes:
+    """R_SAMPLES: zstd(ids u32 | ts i64 | values f64)."""
+    body = sids.astype("<u4").tobytes() + ts.astype("<i8").tobytes() + values.astype("<f8").tobytes()
+    return _tenant_prefix(tenant) + struct.pack("<I", len(sids)) + zstandard.ZstdCompressor(level=1).compress(body)
+
+
+def decode_samples(payload: bytes) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of encode_samples."""
+    tenant, off = _split_tenant(payload)
+    (n,) = struct.unpack_from("<I", payload, off)
+    body = zstandard.ZstdDecompressor().decompress(payload[off + 4:], max_output_size=20 * n)
+    if len(body) != 20 * n:
+        raise ValueError("samples record has the wrong length")
+    sids = np.frombuffer(body, "<u4", n, 0).astype(np.int64)
+    ts = np.frombuffer(body, "<i8", n, 4 * n).copy()
+    values = np.frombuffer(body, "<f8", n, 12 * n).copy()
+    return tenant, sids, ts, values
+
+
+def encode_metadata(tenant: str, types: dict[str, str]) -> bytes:
+    """R_METADATA: the tenant's metric family -> type map."""
+    return _tenant_prefix(tenant) + json.dumps(types, sort_keys=True).encode()
+
+
+def decode_metadata(payload: bytes) -> tuple[str, dict[str, str]]:
+    """Inverse of encode_metadata."""
+    tenant, off = _split_tenant(payload)
+    return tenant, json.loads(payload[off:])
+
+
+# ---- seal state ------------------------------------------------------------------------------
+
+class SealState:
+    """state.json: per tenant sealed-until and metric types; blocks being written (pending)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.tenants: dict[str, dict] = {}
+        self.pending: dict[str, dict] = {}
+        if path.exists():
+            try:
+                doc = json.loads(path.read_text())
+                self.tenants = {t: {"sealed_until": int(v["sealed_until"]), "types": dict(v.get("types", {}))}
+                                for t, v in doc["tenants"].items()}
+                self.pending = dict(doc.get("pending", {}))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise InvalidInputError(f"{path}: unreadable receiver state ({e}); refusing to guess what is sealed") from None
+
+    def sealed_until(self, tenant: str) -> int:
+        """Samples before this time of `tenant` are in the bucket."""
+        return self.tenants.get(tenant, {}).get("sealed_until", -(1 << 62))
+
+    def save(self) -> None:
+        """Atomically replace state.json (write, fsync, rename, fsync the directory)."""
+        with self.lock:
+            doc = {"version": 1, "tenants": self.tenants, "pending": self.pending}
+            tmp = self.path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(doc, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            fsync_dir(self.path.parent)
+
+
+# ---- head ------------------------------------------------------------------------------------
+
+class TenantHead:
+    """One tenant's unsealed samples, as appended column chunks."""
+
+    def __init__(self, tenant: str, sealed_until: int, types: dict[str, str]) -> None:
+        self.tenant = tenant
+        self.lock = threading.Lock()        # decode + WAL append + head append; seal snapshots
+        self.seal_lock = threading.Lock()   # one seal at a time
+        self.table = SeriesTable()
+        self.declared = np.full(0, -1, dtype=np.int64)   # sid -> WAL segment it was declared in
+        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.samples = 0
+        self.max_ts = -(1 << 62)
+        self.sealed_until = sealed_until    # in memory: moves when a seal starts
+        self.types = dict(types)            # metric family -> type
+
+    def append(self, sids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
+        if len(ts):
+            self.chunks.append((sids.astype(np.int32), ts, values))
+            self.samples += len(ts)
+            self.max_ts = max(self.max_ts, int(ts.max()))
+
+    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All head samples as one chunk (and keep them that way)."""
+        if len(self.chunks) != 1:
+            if not self.chunks:
+                return np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64)
+            cols = tuple(np.concatenate([c[i] for c in self.chunks]) for i in range(3))
+            self.chunks = [cols]
+        return self.chunks[0]
+
+    def ensure_declared_size(self) -> None:
+        n = len(self.table)
+        if len(self.declared) < n:
+            grow = max(n, 2 * len(self.declared), 1024)
+            self.declared = np.concatenate([self.declared, np.full(grow - len(self.declared), -1, np.int64)])
+
+
+@dataclass
+class SealResult:
+    """One sealed block."""
+
+    meta: BlockMeta
+    sealed_until: int
+    duplicates_dropped: int
+    conflicts: int
+    seconds: float
+
+
+class Receiver:
+    """WAL + heads + sealer. `start()` replays; `write()` takes requests; `close()` stops."""
+
+    def __init__(self, store: ObjectStore, config: ReceiverConfig, *,
+                 now_ms: Callable[[], int] = lambda: int(time.time() * 1000), metrics=None) -> None:
+        from ingest.receive_metrics import ReceiverMetrics
+        self.store, self.cfg, self.now_ms = store, config, now_ms
+        self.metrics = metrics or ReceiverMetrics()
+        self.dir = Path(config.wal_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lockfile = open(self.dir / LOCK_FILE, "a")
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockfile.close()
+            raise InvalidInputError(f"{self.dir} is in use by another receiver") from None
+        self.state = SealState(self.dir / STATE_FILE)
+        self.heads: dict[str, TenantHead] = {}
+        self._heads_lock = threading.Lock()
+        self.seg_max: dict[int, dict[str, int]] = {}   # segment -> tenant -> newest sample ts
+        self._seg_lock = threading.Lock()
+        self.wal: WAL | None = None
+        self.ready = threading.Event()
+        self.closing = False
+        self._inflight = 0
+        self._inflight_cv = threading.Condition()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._sealer: threading.Thread | None = None
+        self.replay_report: dict = {}
+        self.metrics.bind(self)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    def start(self, *, sealer: bool = True) -> "Receiver":
+        """Resolve pending seals, replay the WAL, open a new segment, start sealing."""
+        t0 = time.perf_counter()
+        self._resolve_pending()
+        self._replay()
+        self.wal = WAL(self.dir, segment_bytes=self.cfg.segment_bytes, commit_delay_s=self.cfg.commit_delay_s,
+                       on_fsync=self.metrics.fsync.observe)
+        self._store_types()
+        self.state.save()
+        self._delete_sealed_segments()
+        self.replay_report["seconds"] = round(time.perf_counter() - t0, 3)
+        self.metrics.replay_seconds.set(time.perf_counter() - t0)
+        if sealer:
+            self._sealer = threading.Thread(target=self._seal_loop, name="strata-sealer", daemon=True)
+            self._sealer.start()
+        self.ready.set()
+        return self
+
+    def close(self) -> None:
+        """Stop accepting, wait for in-flight writes, stop the sealer, fsync. Seals nothing early."""
+        self.closing = True
+        self.ready.clear()
+        with self._inflight_cv:
+            self._inflight_cv.wait_for(lambda: self._inflight == 0, timeout=60)
+        self._stop.set()
+        self._wake.set()
+        if self._sealer is not None:
+            self._sealer.join()
+        if self.wal is not None:
+            self.wal.close()
+        fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+        self._lockfile.close()
+
+    def _head(self, tenant: str) -> TenantHead:
+        h = self.heads.get(tenant)
+        if h is None:
+            with self._heads_lock:
+                h = self.heads.get(tenant)
+                if h is None:
+                    st = self.state.tenants.get(tenant, {})
+                    h = self.heads[tenant] = TenantHead(tenant, self.state.sealed_until(tenant), st.get("types", {}))
+        return h
+
+    def head_bytes(self) -> int:
+        """Approximate head memory."""
+        return sum(h.samples * SAMPLE_BYTES + len(h.table) * SERIES_BYTES for h in list(self.heads.values()))
+
+    # ---- writes ------------------------------------------------------------------------------
+    def write(self, tenant: str, raw: bytes) -> WriteResult:
+        """Decode, check and durably append one decompressed WriteRequest; raises on 4xx/5xx cases."""
+        with self._inflight_cv:
+            if self.closing or not self.ready.is_set():
+                raise NotReady("receiver is not ready (replaying its WAL or shutting down)")
+            self._inflight += 1
+        try:
+            if self.head_bytes() > self.cfg.max_head_bytes:
+                self._wake.set()
+                raise Overloaded(f"head is over its memory limit of {self.cfg.max_head_bytes} bytes; retry later")
+            return self._write(validate_tenant(tenant), raw)
+        finally:
+            with self._inflight_cv:
+                self._inflight -= 1
+                self._inflight_cv.notify_all()
+
+    def _write(self, tenant: str, raw: bytes) -> WriteResult:
+        h = self._head(tenant)
+        res = WriteResult()
+        now = self.now_ms()
+        with h.lock:
+            d: Decoded = decode_request(raw, h.table, self.cfg.label_limits)
+            res.rejected, res.first_error, res.exemplars = d.rejected, d.first_error, d.exemplars
+            sids, ts, values = d.sids, d.ts, d.values
+            old = ts < h.sealed_until
+            future = ts > now + self.cfg.future_ms
+            if old.any() or future.any():
+                if old.any():
+                    i = int(np.argmax(old))
+                    d.reject("too_old", int(old.sum()),
+                             f"sample at {int(ts[i])} ms is older than what is already sealed ({h.sealed_until} ms)")
+                if future.any():
+                    i = int(np.argmax(future))
+                    d.reject("too_far_in_future", int(future.sum()),
+                             f"sample at {int(ts[i])} ms is more than {self.cfg.future_ms // 1000}s ahead of the receiver's clock")
+                keep = ~(old | future)
+                sids, ts, values = sids[keep], ts[keep], values[keep]
+                res.first_error = d.first_error
+            types_changed = any(h.types.get(k) != v for k, v in d.metadata.items())
+            if types_changed:
+                h.types.update(d.metadata)
+            if len(ts) == 0 and not types_changed:
+                return res
+            h.ensure_declared_size()
+            types_doc = dict(h.types) if types_changed else None
+
+            def build(segment: int) -> list[bytes]:
+                out = []
+                if types_doc is not None:
+                    out.append(frame(R_METADATA, encode_metadata(tenant, types_doc)))
+                if len(ts):
+                    u = np.unique(sids)
+                    new = u[h.declared[u] != segment]
+                    if len(new):
+                        out.append(frame(R_SERIES, encode_series(tenant, new, [h.table.canon[i] for i in new.tolist()])))
+                        h.declared[new] = segment
+                    out.append(frame(R_SAMPLES, encode_samples(tenant, sids, ts, values)))
+                    with self._seg_lock:
+                        m = self.seg_max.setdefault(segment, {})
+                        m[tenant] = max(m.get(tenant, -(1 << 62)), int(ts.max()))
+                return out
+
+            _, position = self.wal.append(build)
+            h.append(sids, ts, values)
+        self.wal.sync(position)
+        res.accepted = len(ts)
+        self.metrics.samples.labels(tenant).inc(len(ts))
+        for reason, n in res.rejected.items():
+            self.metrics.rejected.labels(reason).inc(n)
+        if res.exemplars:
+            self.metrics.exemplars.inc(res.exemplars)
+        return res
+
+    # ---- sealing -----------------------------------------------------------------------------
+    def _seal_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.cfg.seal_interval_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.seal_due()
+            except Exception as e:  # keep serving; the next round retries
+                self.metrics.seal_failures.inc()
+                _log("seal_failed", error=str(e))
+
+    def seal_due(self) -> list[SealResult]:
+        """Seal every range whose end plus grace has passed."""
+        out = []
+        for tenant in sorted(self.heads):
+            out += self._seal_tenant(self.heads[tenant], flush=False)
+        return out
+
+    def flush(self) -> list[SealResult]:
+        """Seal everything in every head now."""
+        out = []
+        for tenant in sorted(self.heads):
+            out += self._seal_tenant(self.heads[tenant], flush=True)
+        return out
+
+    def _seal_tenant(self, h: TenantHead, *, flush: bool) -> list[SealResult]:
+        results = []
+        with h.seal_lock:
+            while (r := self._seal_one(h, flush=flush)) is not None:
+                results.append(r)
+        return results
+
+    def _seal_one(self, h: TenantHead, *, flush: bool) -> SealResult | None:
+        rng, now = self.cfg.block_range_ms, self.now_ms()
+        t0 = time.perf_counter()
+        with h.lock:
+            sids, ts, values = h.columns()
+            if not len(ts):
+                return None
+            lo = int(ts.min())
+            a = lo - lo % rng
+            b = a + rng
+            if flush:
+                end = min(b, int(ts.max()) + 1)
+            else:
+                cutoff = max(h.max_ts, now - rng) - self.cfg.grace_ms
+                if b > cutoff:
+                    return None
+                end = b
+            sel = ts < end
+            snap = sids[sel], ts[sel], values[sel]
+            uniq = np.unique(snap[0])
+            keys = [h.table.canon[i] for i in uniq.tolist()]
+            types = dict(h.types)
+            h.sealed_until = max(h.sealed_until, end)
+        ulid = new_ulid(now)
+        with self.state.lock:
+            self.state.pending[ulid] = {"tenant": h.tenant, "min_time": a, "max_time": b, "sealed_until": end}
+        self.state.save()
+        try:
+            meta, dups, conflicts = self._write_block(h.tenant, a, b, snap, uniq, keys, types, ulid, now)
+        except BaseException:
+            self._remove_partial(h.tenant, ulid)
+            with self.state.lock:
+                self.state.pending.pop(ulid, None)
+            self.state.save()
+            raise
+        with h.lock:
+            sids, ts, values = h.columns()
+            keep = ts >= end
+            sids, ts, values = sids[keep], ts[keep], values[keep]
+            # forget series with nothing left; renumber, and start a WAL segment for the new ids
+            alive = np.unique(sids)
+            remap = h.table.compact(alive)
+            h.chunks = [(remap[sids].astype(np.int32), ts, values)] if len(ts) else []
+            h.samples = len(ts)
+            h.declared = np.full(len(h.table), -1, dtype=np.int64)
+            self.wal.rotate()
+        with self.state.lock:
+            self.state.pending.pop(ulid, None)
+            st = self.state.tenants.setdefault(h.tenant, {"sealed_until": end, "types": {}})
+            st["sealed_until"] = max(st["sealed_until"], end)
+        self._store_types()
+        self.state.save()
+        self._delete_sealed_segments()
+        seconds = time.perf_counter() - t0
+        self.metrics.sealed(h.tenant, meta, seconds)
+        _log("sealed", tenant=h.tenant, ulid=meta.ulid, min_time=a, max_time=b, sealed_until=end,
+             series=meta.stats.series, samples=meta.stats.samples, seconds=round(seconds, 3))
+        return SealResult(meta, end, dups, conflicts, seconds)
+
+    def _write_block(self, tenant: str, a: int, b: int, snap, uniq: np.ndarray, keys: list[bytes],
+                     family_types: dict[str, str], ulid: str, now: int) -> tuple[BlockMeta, int, int]:
+        sids, ts, values = snap
+        series = [decode_labels(k) for k in keys]
+        order, rank_of = block_order(series)
+        local = np.searchsorted(uniq, sids)
+        d = sort_dedup(rank_of[local], ts, values)
+        declared = name_types(family_types)
+        sorted_series = [series[i] for i in order]
+        types = [infer_type(dict(s)[METRIC_NAME], declared) for s in sorted_series]
+        batch = pa.table({"series_ref": pa.array(d.series.astype(np.uint32)), "ts": pa.array(d.ts),
+                          "value": pa.array(d.values)})
+        rows = self.cfg.writer.row_group_rows
+        spec = BlockSpec(tenant=tenant, min_time=a, max_time=b,
+                         extra={"source": "receive", "receiver": self.cfg.receiver_id})
+        meta = write_block(self.store, spec, sorted_series, types,
+                           (batch.slice(o, rows) for o in range(0, batch.num_rows, rows)),
+                           now_ms=now, options=self.cfg.writer, block_id=ulid)
+        return meta, d.identical_dropped, d.conflicts_last_wins
+
+    def _remove_partial(self, tenant: str, ulid: str) -> None:
+        """Delete the files of a block whose meta.json was never committed (best effort)."""
+        for name in (SAMPLES_FILE, SERIES_FILE):
+            try:
+                self.store.delete(block_file_key(tenant, ulid, name))
+            except StrataError:
+                pass
+
+    def _delete_sealed_segments(self) -> None:
+        """Delete closed segments whose every sample is older than its tenant's stored sealed-until.
+
+        Callers save state.json (with the heads' current metric types) first, so a segment that
+        holds only metadata records loses nothing either.
+        """
+        if self.wal is None:
+            return
+        current = self.wal.segment
+        with self._seg_lock:
+            done = {s for s, m in self.seg_max.items()
+                    if s < current and all(mx < self.state.sealed_until(t) for t, mx in m.items())}
+            for s in done:
+                del self.seg_max[s]
+            done |= {n for n, _ in list_segments(self.dir) if n < current and n not in self.seg_max}
+        self.wal.delete_segments(sorted(done))
+
+    def _store_types(self) -> None:
+        """Copy every head's metric types into state.json's tenants (not saved here)."""
+        with self.state.lock:
+            for tenant, h in list(self.heads.items()):
+                st = self.state.tenants.setdefault(tenant, {"sealed_until": -(1 << 62), "types": {}})
+                st["types"] = dict(h.types)
+
+    # ---- recovery ----------------------------------------------------------------------------
+    def _resolve_pending(self) -> None:
+        if not self.state.pending:
+            return
+        for ulid, p in list(self.state.pending.items()):
+            tenant = p["tenant"]
+            if self.store.exists(meta_key(tenant, ulid)):
+                st = self.state.tenants.setdefault(tenant, {"sealed_until": p["sealed_until"], "types": {}})
+                st["sealed_until"] = max(st["sealed_until"], int(p["sealed_until"]))
+                _log("pending_block_committed", tenant=tenant, ulid=ulid)
+            else:
+                self._remove_partial(tenant, ulid)
+                _log("pending_block_removed", tenant=tenant, ulid=ulid)
+            del self.state.pending[ulid]
+        self.state.save()
+
+    def _replay(self) -> None:
+        rep = Counter()
+        segments = list(iter_records(self.dir))
+        for idx, (number, path, seg) in enumerate(segments):
+            if seg.error:
+                rep["torn_records" if idx == len(segments) - 1 else "corrupt_segments"] += 1
+                self.metrics.wal_corruptions.labels("torn_tail" if idx == len(segments) - 1 else "corrupt").inc()
+                _log("wal_truncated", segment=path.name, error=seg.error, dropped_bytes=seg.size - seg.valid_bytes)
+                os.truncate(path, seg.valid_bytes)
+            maps: dict[str, np.ndarray] = {}
+            for rtype, payload in seg.records:
+                try:
+                    self._replay_record(number, rtype, payload, maps, rep)
+                except (ValueError, KeyError, IndexError, struct.error, zstandard.ZstdError, UnicodeDecodeError) as e:
+                    rep["bad_records"] += 1
+                    self.metrics.wal_corruptions.labels("bad_record").inc()
+                    _log("wal_bad_record", segment=path.name, error=str(e))
+        self.replay_report = {"segments": len(segments), **rep}
+        _log("replayed", **self.replay_report)
+
+    def _replay_record(self, segment: int, rtype: int, payload: bytes, maps: dict, rep: Counter) -> None:
+        if rtype == R_METADATA:
+            tenant, types = decode_metadata(payload)
+            self._head(tenant).types.update(types)
+        elif rtype == R_SERIES:
+            tenant, wal_sids, keys = decode_series(payload)
+            h = self._head(tenant)
+            m = maps.get(tenant, np.full(0, -1, np.int64))
+            if len(wal_sids) and wal_sids.max() >= len(m):
+                m = np.concatenate([m, np.full(int(wal_sids.max()) + 1 - len(m), -1, np.int64)])
+            for w, key in zip(wal_sids.tolist(), keys):
+                sid = h.table.intern_canon(key)
+                h.table.by_wire.setdefault(key, sid)
+                m[w] = sid
+            maps[tenant] = m
+        elif rtype == R_SAMPLES:
+            tenant, wal_sids, ts, values = decode_samples(payload)
+            h = self._head(tenant)
+            m = maps.get(tenant)
+            if m is None or (len(wal_sids) and (wal_sids.max() >= len(m) or (m[wal_sids] < 0).any())):
+                raise ValueError("samples record references undeclared series")
+            if len(ts):
+                with self._seg_lock:
+                    sm = self.seg_max.setdefault(segment, {})
+                    sm[tenant] = max(sm.get(tenant, -(1 << 62)), int(ts.max()))
+            keep = ts >= h.sealed_until
+            rep["samples"] += int(keep.sum())
+            rep["samples_already_sealed"] += int((~keep).sum())
+            h.append(m[wal_sids[keep]], ts[keep], values[keep])
+        else:
+            raise ValueError(f"unknown record type {rtype}")
+
+
+def _log(event: str, **fields) -> None:
+    import sys
+    sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stderr.flush()
+
+
+__all__ = ["Receiver", "ReceiverConfig", "WriteResult", "NotReady", "Overloaded", "SealResult",
+           "segment_path"]
