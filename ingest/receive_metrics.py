@@ -65,13 +65,17 @@ class _State:
         sealed = GaugeMetricFamily("strata_receive_sealed_until_seconds",
                                    "Samples of a tenant before this time are sealed into blocks; older ones are refused.",
                                    labels=["tenant"])
+        newest = GaugeMetricFamily("strata_receive_head_max_time_seconds", "Newest sample in the head.", labels=["tenant"])
         for tenant, h in sorted(r.heads.items()):
             series.add_metric([tenant], len(h.table))
             samples.add_metric([tenant], h.samples)
+            if h.max_ts > -(1 << 61):
+                newest.add_metric([tenant], h.max_ts / 1000)
             if h.sealed_until > -(1 << 61):
                 sealed.add_metric([tenant], h.sealed_until / 1000)
         yield series
         yield samples
+        yield newest
         yield sealed
         g = GaugeMetricFamily("strata_receive_ready", "1 when accepting writes.")
         g.add_metric([], 1 if r.ready.is_set() else 0)

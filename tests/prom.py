@@ -30,13 +30,13 @@ def free_port() -> int:
 
 
 class Prometheus:
-    """A Prometheus server process with its own data dir and config."""
+    """A Prometheus server process with its own data dir and config ($SELF_PORT: its own port)."""
 
     def __init__(self, workdir: Path, config: str, *, data_dir: Path | None = None, extra: list[str] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (workdir / "prometheus.yml").write_text(config)
+        (workdir / "prometheus.yml").write_text(config.replace("$SELF_PORT", str(self.port)))
         self.log = open(workdir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
             [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}",
