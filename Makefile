@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/bench_raw.py
 	$(BIN)/python bench/bench_compact.py
 	$(BIN)/python bench/bench_query.py
+	$(BIN)/python bench/bench_receive.py
 
 clean:
 	rm -rf $(DATA) bench/out .pytest_cache .hypothesis

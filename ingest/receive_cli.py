@@ -31,7 +31,7 @@ def receive_cmd(wal_dir: Annotated[Path, typer.Option(help="WAL segments and sta
                 future_window: Annotated[str, typer.Option(help="Samples further ahead of this machine's clock are refused.")] = "10m",
                 max_head_bytes: Annotated[str, typer.Option(help="Head memory limit; above it writes get 503 and the sender retries.")] = "4GiB",
                 max_request_bytes: Annotated[str, typer.Option(help="Largest decompressed request (413 above).")] = "64MiB",
-                wal_segment_size: Annotated[str, typer.Option(help="WAL segment size.")] = "128MiB",
+                wal_segment_size: Annotated[str, typer.Option(help="WAL segment size (segments also end at every seal; each one re-declares the series it uses, so keep it well above series x 250 B).")] = "1GiB",
                 wal_commit_delay: Annotated[str, typer.Option(help="Group commit: wait this long before an fsync to share it ('0' = none).")] = "0",
                 seal_interval: Annotated[str, typer.Option(help="How often the sealer looks for ranges to seal.")] = "15s",
                 max_label_names: Annotated[int, typer.Option(help="Labels per series (400 above).")] = 30,

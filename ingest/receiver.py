@@ -46,7 +46,7 @@ from blocks.writer import BlockSpec, WriterOptions, write_block
 from compactor.merge import sort_dedup
 from ingest.rw_decode import Decoded, LabelLimits, SeriesTable, decode_labels, decode_request
 from ingest.textformat import infer_type, name_types
-from ingest.wal import WAL, frame, fsync_dir, iter_records, list_segments, segment_path
+from ingest.wal import WAL, frame, fsync_dir, iter_segments, list_segments, segment_path
 
 R_SERIES, R_SAMPLES, R_METADATA = 1, 2, 3
 STATE_FILE = "state.json"
@@ -73,7 +73,7 @@ class ReceiverConfig:
     future_ms: int = 10 * 60 * 1000          # samples further ahead of the clock are refused
     max_head_bytes: int = 4 << 30
     max_request_bytes: int = 64 << 20        # decompressed
-    segment_bytes: int = 128 << 20
+    segment_bytes: int = 1 << 30             # each segment re-declares the series it uses
     commit_delay_s: float = 0.0
     seal_interval_s: float = 15.0
     label_limits: LabelLimits = LabelLimits()
@@ -561,21 +561,22 @@ class Receiver:
 
     def _replay(self) -> None:
         rep = Counter()
-        segments = list(iter_records(self.dir))
-        for idx, (number, path, seg) in enumerate(segments):
-            if seg.error:
-                rep["torn_records" if idx == len(segments) - 1 else "corrupt_segments"] += 1
-                self.metrics.wal_corruptions.labels("torn_tail" if idx == len(segments) - 1 else "corrupt").inc()
-                _log("wal_truncated", segment=path.name, error=seg.error, dropped_bytes=seg.size - seg.valid_bytes)
-                os.truncate(path, seg.valid_bytes)
+        segments = list(iter_segments(self.dir))
+        for idx, (number, path, scan) in enumerate(segments):
             maps: dict[str, np.ndarray] = {}
-            for rtype, payload in seg.records:
+            for rtype, payload in scan:
                 try:
                     self._replay_record(number, rtype, payload, maps, rep)
                 except (ValueError, KeyError, IndexError, struct.error, zstandard.ZstdError, UnicodeDecodeError) as e:
                     rep["bad_records"] += 1
                     self.metrics.wal_corruptions.labels("bad_record").inc()
                     _log("wal_bad_record", segment=path.name, error=str(e))
+            if scan.error:
+                last = idx == len(segments) - 1
+                rep["torn_records" if last else "corrupt_segments"] += 1
+                self.metrics.wal_corruptions.labels("torn_tail" if last else "corrupt").inc()
+                _log("wal_truncated", segment=path.name, error=scan.error, dropped_bytes=scan.size - scan.valid_bytes)
+                os.truncate(path, scan.valid_bytes)
         self.replay_report = {"segments": len(segments), **rep}
         _log("replayed", **self.replay_report)
 

@@ -90,12 +90,22 @@ def decode_labels(key: bytes) -> Labels:
     return tuple((lb.name, lb.value) for lb in prom_types_pb2.Labels.FromString(key).labels)
 
 
+_VALID_NAMES: set[str] = set()   # label names already checked (a few hundred in practice)
+
+
 def validate_labels(pairs: list[tuple[bytes, bytes]], limits: LabelLimits) -> Labels:
     """Canonical (sorted, empty values dropped) labels, or SeriesRejected with a reason."""
+    return _validate(pairs, limits)[0]
+
+
+def _validate(pairs: list[tuple[bytes, bytes]], limits: LabelLimits) -> tuple[Labels, bool]:
+    """(canonical labels, whether `pairs` already were exactly that: sorted, no empty values)."""
     if len(pairs) > limits.max_label_names:
         raise SeriesRejected("max_label_names_per_series",
                              f"series has {len(pairs)} labels, more than the limit of {limits.max_label_names}")
     out: dict[str, str] = {}
+    canonical = True
+    prev = ""
     for nb, vb in pairs:
         try:
             name, value = nb.decode("utf-8"), vb.decode("utf-8")
@@ -108,15 +118,23 @@ def validate_labels(pairs: list[tuple[bytes, bytes]], limits: LabelLimits) -> La
                                  f"value of label {name!r} is longer than {limits.max_value_length} bytes")
         if name in out:
             raise SeriesRejected("duplicate_label_names", f"duplicate label name {name!r}")
-        if not _LABEL_NAME_RE.match(name):
-            raise SeriesRejected("invalid_label", f"invalid label name {name!r}")
+        if name not in _VALID_NAMES:
+            if not _LABEL_NAME_RE.match(name):
+                raise SeriesRejected("invalid_label", f"invalid label name {name!r}")
+            if len(_VALID_NAMES) < 100_000:
+                _VALID_NAMES.add(name)
+        if name <= prev or not value:
+            canonical = False
+        prev = name
         out[name] = value
     metric = out.get(METRIC_NAME, "")
     if not metric:
         raise SeriesRejected("missing_metric_name", "series has no metric name (__name__)")
     if not _METRIC_NAME_RE.match(metric):
         raise SeriesRejected("invalid_metric_name", f"invalid metric name {metric!r}")
-    return tuple(sorted((k, v) for k, v in out.items() if v != ""))
+    if canonical:
+        return tuple(out.items()), True
+    return tuple(sorted((k, v) for k, v in out.items() if v != "")), False
 
 
 class SeriesTable:
@@ -293,11 +311,11 @@ def _intern(table: SeriesTable, wire: bytes, pairs: list[tuple[bytes, bytes]], l
             out: Decoded) -> int | str:
     """Id for a new wire key (validating its labels), or the rejection reason (counted once)."""
     try:
-        labels = validate_labels(pairs, limits)
+        labels, canonical = _validate(pairs, limits)
     except SeriesRejected as e:
         out.reject(e.reason, 1, str(e))
         return e.reason
-    sid = table.intern_canon(encode_labels(labels))
+    sid = table.intern_canon(wire if canonical else encode_labels(labels))
     table.by_wire[wire] = sid
     return sid
 

@@ -42,24 +42,42 @@ def frame(rtype: int, payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), crc, rtype) + payload
 
 
+class SegmentScan:
+    """Iterate a segment's intact records one at a time (memory: one record); after the loop,
+    `valid_bytes`, `size` and `error` say where and why reading stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.valid_bytes = 0
+        self.size = path.stat().st_size
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        with open(self.path, "rb") as f:
+            pos = 0
+            while pos < self.size:
+                head = f.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    self.error = f"torn record header at byte {pos}"
+                    return
+                length, crc, rtype = _HEADER.unpack(head)
+                if length > MAX_RECORD or pos + _HEADER.size + length > self.size:
+                    self.error = f"torn record at byte {pos} ({length} bytes declared, {self.size - pos - _HEADER.size} present)"
+                    return
+                payload = f.read(length)
+                if len(payload) != length or zlib.crc32(payload, zlib.crc32(bytes((rtype,)))) != crc:
+                    self.error = f"checksum mismatch in record at byte {pos}"
+                    return
+                pos += _HEADER.size + length
+                self.valid_bytes = pos
+                yield rtype, payload
+
+
 def read_segment(path: Path) -> SegmentRead:
     """Every intact record of a segment, stopping at the first torn or corrupt one."""
-    data = path.read_bytes()
-    records: list[tuple[int, bytes]] = []
-    pos, n = 0, len(data)
-    while pos < n:
-        if n - pos < _HEADER.size:
-            return SegmentRead(records, pos, n, f"torn record header at byte {pos}")
-        length, crc, rtype = _HEADER.unpack_from(data, pos)
-        end = pos + _HEADER.size + length
-        if length > MAX_RECORD or end > n:
-            return SegmentRead(records, pos, n, f"torn record at byte {pos} ({length} bytes declared, {n - pos - _HEADER.size} present)")
-        payload = data[pos + _HEADER.size:end]
-        if zlib.crc32(payload, zlib.crc32(bytes((rtype,)))) != crc:
-            return SegmentRead(records, pos, n, f"checksum mismatch in record at byte {pos}")
-        records.append((rtype, payload))
-        pos = end
-    return SegmentRead(records, pos, n, None)
+    scan = SegmentScan(path)
+    records = list(scan)
+    return SegmentRead(records, scan.valid_bytes, scan.size, scan.error)
 
 
 def segment_path(directory: Path, number: int) -> Path:
@@ -89,7 +107,7 @@ def fsync_dir(directory: Path) -> None:
 class WAL:
     """The writer side. Thread-safe."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = 128 << 20, commit_delay_s: float = 0.0,
+    def __init__(self, directory: Path, *, segment_bytes: int = 1 << 30, commit_delay_s: float = 0.0,
                  on_fsync: Callable[[float], None] | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +234,7 @@ class WAL:
             fsync_dir(self.dir)
 
 
-def iter_records(directory: Path) -> Iterator[tuple[int, Path, SegmentRead]]:
-    """(number, path, contents) of every segment in order."""
+def iter_segments(directory: Path) -> Iterator[tuple[int, Path, SegmentScan]]:
+    """(number, path, record scanner) of every segment in order."""
     for number, path in list_segments(directory):
-        yield number, path, read_segment(path)
+        yield number, path, SegmentScan(path)
