@@ -8,7 +8,10 @@ from collections import Counter
 
 import cramjam
 
+from blocks.errors import ObjectNotFound
 from blocks.labels import Labels
+from blocks.layout import DELETION_MARK_FILE, block_file_key
+from blocks.meta import Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import list_block_ids, load_meta, read_raw_samples, read_series
 from blocks.series import series_labels
@@ -71,12 +74,15 @@ def bits(v: float) -> int:
 
 
 def sealed_samples(store: ObjectStore, tenant: str) -> Counter:
-    """Counter of (labels, ts, value bits) over every raw block of a tenant (counts > 1 are duplicates)."""
+    """Counter of (labels, ts, value bits) over every live raw block of a tenant (counts > 1 are
+    duplicates); blocks without meta.json or marked for deletion are not part of the bucket."""
     out: Counter = Counter()
     for ulid in list_block_ids(store, tenant):
         try:
             meta = load_meta(store, tenant, ulid)
-        except Exception:
+        except ObjectNotFound:
+            continue
+        if meta.resolution != Resolution.RAW or store.exists(block_file_key(tenant, ulid, DELETION_MARK_FILE)):
             continue
         names = series_labels(read_series(store, meta))
         t = read_raw_samples(store, meta)

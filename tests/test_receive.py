@@ -296,3 +296,25 @@ def test_second_receiver_on_the_same_wal_dir_is_refused(rx):
     from blocks.errors import InvalidInputError
     with pytest.raises(InvalidInputError, match="in use"):
         Receiver(rx.store, ReceiverConfig(wal_dir=rx.wal_dir))
+
+
+def test_flushed_and_later_blocks_of_one_range_go_through_the_nightly_job(rx):
+    """A flush seals part of a range; the rest becomes a second block of the same range. The
+    nightly job merges them into the day block and the downsampled tiers, losing nothing."""
+    from blocks.objstore import CountingStore
+    from blocks.verify import verify_bucket
+    from compactor.nightly import run_once
+
+    first = [({"__name__": "req_total", "i": str(i)}, [(T0 + k * 15_000, float(k)) for k in range(20)]) for i in range(5)]
+    rest = [({"__name__": "req_total", "i": str(i)}, [(T0 + k * 15_000, float(k)) for k in range(20, 40)]) for i in range(5)]
+    assert rx.write(first, metadata={"req": 1})[0] == 204
+    rx.rx.flush()
+    assert rx.write(rest)[0] == 204
+    rx.rx.flush()
+    metas = [load_meta(rx.store, "default", u) for u in list_block_ids(rx.store, "default")]
+    assert len(metas) == 2 and {(m.min_time, m.max_time) for m in metas} == {(T0, T0 + 2 * H)}
+    s = run_once(CountingStore(rx.store), T0 + 3 * 24 * H)
+    assert s.compacted and s.downsampled
+    assert sealed_samples(rx.store, "default") == _expect(first + rest)   # the merged day block
+    report = verify_bucket(rx.store)
+    assert report.ok and report.checked >= 4, report.problems
