@@ -371,6 +371,8 @@ class Receiver:
             h.ensure_declared_size()
             types_doc = dict(h.types) if types_changed else None
 
+            declared_now: list[np.ndarray] = []
+
             def build(segment: int) -> list[bytes]:
                 out = []
                 if types_doc is not None:
@@ -380,14 +382,16 @@ class Receiver:
                     new = u[h.declared[u] != segment]
                     if len(new):
                         out.append(frame(R_SERIES, encode_series(tenant, new, [h.table.canon[i] for i in new.tolist()])))
-                        h.declared[new] = segment
+                        declared_now.append(new)
                     out.append(frame(R_SAMPLES, encode_samples(tenant, sids, ts, values)))
                     with self._seg_lock:
                         m = self.seg_max.setdefault(segment, {})
                         m[tenant] = max(m.get(tenant, -(1 << 62)), int(ts.max()))
                 return out
 
-            _, position = self.wal.append(build)
+            segment, position = self.wal.append(build)   # raises (500, sender retries) on I/O errors
+            for new in declared_now:                       # only once the declarations are written
+                h.declared[new] = segment
             h.append(sids, ts, values)
         self.wal.sync(position)
         res.accepted = len(ts)

@@ -318,3 +318,30 @@ def test_flushed_and_later_blocks_of_one_range_go_through_the_nightly_job(rx):
     assert sealed_samples(rx.store, "default") == _expect(first + rest)   # the merged day block
     report = verify_bucket(rx.store)
     assert report.ok and report.checked >= 4, report.problems
+
+
+def test_a_failed_wal_write_answers_500_and_leaves_the_wal_replayable(rx, monkeypatch):
+    import errno
+
+    import ingest.wal as walmod
+    real = walmod.os.write
+    calls = []
+
+    def write(fd, data):
+        calls.append(1)
+        if len(calls) == 1:
+            n = real(fd, bytes(data)[:7])               # a torn write, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device") if n else None
+        return real(fd, data)
+
+    monkeypatch.setattr(walmod.os, "write", write)
+    a = [({"__name__": "g", "i": str(i)}, [(T0, 1.0)]) for i in range(3)]
+    assert rx.write(a)[0] == 500                        # the sender retries
+    monkeypatch.undo()
+    assert rx.write(a)[0] == 204
+    assert rx.write([({"__name__": "g", "i": "0"}, [(T0 + 1000, 2.0)])])[0] == 204
+    rx.stop()
+    rx.start()
+    assert rx.rx.replay_report.get("bad_records", 0) == 0 and "torn_records" not in rx.rx.replay_report
+    rx.rx.flush()
+    assert sum(sealed_samples(rx.store, "default").values()) == 4

@@ -134,3 +134,19 @@ def test_zero_values_and_one_byte_timestamps_take_the_fast_path_correctly():
     d = decode_request(raw, table, LabelLimits())
     assert _decoded(d, table) == _naive(raw)
     np.testing.assert_array_equal(np.sort(d.values), [0.0, 0.0])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=40),
+                          st.builds(lambda b: b"\x0a" + bytes([len(b)]) + b, st.binary(max_size=60))),
+                max_size=6).map(b"".join))
+def test_arbitrary_bytes_decode_or_raise_malformed_never_anything_else(raw):
+    """Whatever a client sends ends as a result or MalformedRequest (a 400), never a server error."""
+    table = SeriesTable()
+    try:
+        d = decode_request(raw, table, LabelLimits())
+    except MalformedRequest:
+        assert len(table) == 0
+        return
+    assert len(d.sids) == len(d.ts) == len(d.values)
+    assert all(0 <= s < len(table) for s in d.sids.tolist())
