@@ -33,17 +33,9 @@ sys.path.insert(0, str(ROOT))
 import cramjam  # noqa: E402
 
 from query_gateway.pb import prom_types_pb2  # noqa: E402
+from query_gateway.xor import _uvarint  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def series_labels(n: int) -> list[bytes]:
