@@ -24,6 +24,7 @@ import json
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from collections import Counter
@@ -44,9 +45,10 @@ from blocks.series import block_order
 from blocks.ulid import new_ulid
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from compactor.merge import sort_dedup
-from ingest.rw_decode import Decoded, LabelLimits, SeriesTable, decode_labels, decode_request
+from ingest.receive_metrics import ReceiverMetrics
+from ingest.rw_decode import LabelLimits, SeriesTable, decode_labels, decode_request
 from ingest.textformat import infer_type, name_types
-from ingest.wal import WAL, frame, fsync_dir, iter_segments, list_segments, segment_path
+from ingest.wal import WAL, frame, fsync_dir, iter_segments, list_segments
 
 R_SERIES, R_SAMPLES, R_METADATA = 1, 2, 3
 STATE_FILE = "state.json"
@@ -249,7 +251,6 @@ class Receiver:
 
     def __init__(self, store: ObjectStore, config: ReceiverConfig, *,
                  now_ms: Callable[[], int] = lambda: int(time.time() * 1000), metrics=None) -> None:
-        from ingest.receive_metrics import ReceiverMetrics
         self.store, self.cfg, self.now_ms = store, config, now_ms
         self.metrics = metrics or ReceiverMetrics()
         self.dir = Path(config.wal_dir)
@@ -335,34 +336,37 @@ class Receiver:
             if self.head_bytes() > self.cfg.max_head_bytes:
                 self._wake.set()
                 raise Overloaded(f"head is over its memory limit of {self.cfg.max_head_bytes} bytes; retry later")
-            return self._write(validate_tenant(tenant), raw)
+            res = self._write(validate_tenant(tenant), raw)
         finally:
             with self._inflight_cv:
                 self._inflight -= 1
                 self._inflight_cv.notify_all()
+        if res.accepted:
+            self.metrics.samples.labels(tenant).inc(res.accepted)
+        for reason, n in res.rejected.items():
+            self.metrics.rejected.labels(reason).inc(n)
+        if res.exemplars:
+            self.metrics.exemplars.inc(res.exemplars)
+        return res
 
     def _write(self, tenant: str, raw: bytes) -> WriteResult:
         h = self._head(tenant)
-        res = WriteResult()
         now = self.now_ms()
         with h.lock:
-            d: Decoded = decode_request(raw, h.table, self.cfg.label_limits)
-            res.rejected, res.first_error, res.exemplars = d.rejected, d.first_error, d.exemplars
+            d = decode_request(raw, h.table, self.cfg.label_limits)
             sids, ts, values = d.sids, d.ts, d.values
             old = ts < h.sealed_until
             future = ts > now + self.cfg.future_ms
-            if old.any() or future.any():
-                if old.any():
-                    i = int(np.argmax(old))
-                    d.reject("too_old", int(old.sum()),
-                             f"sample at {int(ts[i])} ms is older than what is already sealed ({h.sealed_until} ms)")
-                if future.any():
-                    i = int(np.argmax(future))
-                    d.reject("too_far_in_future", int(future.sum()),
-                             f"sample at {int(ts[i])} ms is more than {self.cfg.future_ms // 1000}s ahead of the receiver's clock")
+            if old.any():
+                d.reject("too_old", int(old.sum()), f"sample at {int(ts[np.argmax(old)])} ms is older than "
+                                                    f"what is already sealed ({h.sealed_until} ms)")
+            if future.any():
+                d.reject("too_far_in_future", int(future.sum()), f"sample at {int(ts[np.argmax(future)])} ms is more "
+                         f"than {self.cfg.future_ms // 1000}s ahead of the receiver's clock")
+            if d.rejected:
                 keep = ~(old | future)
                 sids, ts, values = sids[keep], ts[keep], values[keep]
-                res.first_error = d.first_error
+            res = WriteResult(len(ts), d.rejected, d.first_error, d.exemplars)
             types_changed = any(h.types.get(k) != v for k, v in d.metadata.items())
             if types_changed:
                 h.types.update(d.metadata)
@@ -370,7 +374,6 @@ class Receiver:
                 return res
             h.ensure_declared_size()
             types_doc = dict(h.types) if types_changed else None
-
             declared_now: list[np.ndarray] = []
 
             def build(segment: int) -> list[bytes]:
@@ -394,12 +397,6 @@ class Receiver:
                 h.declared[new] = segment
             h.append(sids, ts, values)
         self.wal.sync(position)
-        res.accepted = len(ts)
-        self.metrics.samples.labels(tenant).inc(len(ts))
-        for reason, n in res.rejected.items():
-            self.metrics.rejected.labels(reason).inc(n)
-        if res.exemplars:
-            self.metrics.exemplars.inc(res.exemplars)
         return res
 
     # ---- sealing -----------------------------------------------------------------------------
@@ -417,23 +414,19 @@ class Receiver:
 
     def seal_due(self) -> list[SealResult]:
         """Seal every range whose end plus grace has passed."""
-        out = []
-        for tenant in sorted(self.heads):
-            out += self._seal_tenant(self.heads[tenant], flush=False)
-        return out
+        return self._seal_all(flush=False)
 
     def flush(self) -> list[SealResult]:
         """Seal everything in every head now."""
-        out = []
-        for tenant in sorted(self.heads):
-            out += self._seal_tenant(self.heads[tenant], flush=True)
-        return out
+        return self._seal_all(flush=True)
 
-    def _seal_tenant(self, h: TenantHead, *, flush: bool) -> list[SealResult]:
+    def _seal_all(self, *, flush: bool) -> list[SealResult]:
         results = []
-        with h.seal_lock:
-            while (r := self._seal_one(h, flush=flush)) is not None:
-                results.append(r)
+        for tenant in sorted(self.heads):
+            h = self.heads[tenant]
+            with h.seal_lock:
+                while (r := self._seal_one(h, flush=flush)) is not None:
+                    results.append(r)
         return results
 
     def _seal_one(self, h: TenantHead, *, flush: bool) -> SealResult | None:
@@ -618,10 +611,8 @@ class Receiver:
 
 
 def _log(event: str, **fields) -> None:
-    import sys
     sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
     sys.stderr.flush()
 
 
-__all__ = ["Receiver", "ReceiverConfig", "WriteResult", "NotReady", "Overloaded", "SealResult",
-           "segment_path"]
+__all__ = ["Receiver", "ReceiverConfig", "WriteResult", "NotReady", "Overloaded", "SealResult"]

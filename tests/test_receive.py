@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -121,6 +119,9 @@ def test_bad_input_gets_4xx_and_writes_nothing(rx):
     assert status == 400 and b"invalid_label=1" in body
     status, body = rx.write([({"__name__": "up"}, [(T0 + 10 * H, 1.0)])])
     assert status == 400 and b"too_far_in_future=1" in body
+    m = rx.metrics()                                   # counted even when nothing of the request is kept
+    assert metric_value(m, "strata_receive_samples_rejected_total", 'reason="too_far_in_future"') == 1
+    assert metric_value(m, "strata_receive_samples_rejected_total", 'reason="invalid_label"') == 1
     assert get(rx.port, "/api/v1/write")[0] == 405
     after = sum(p.stat().st_size for _, p in list_segments(rx.wal_dir))
     assert after > before                                        # only the one valid sample went in
