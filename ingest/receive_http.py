@@ -50,8 +50,7 @@ def _handler(rx: Receiver, auth: TenantAuth):
             except ValueError:
                 raise _Reply(400, f"invalid Content-Length {length!r}") from None
             if n > MAX_COMPRESSED_BODY:
-                # read and discard so the connection stays usable, then refuse
-                self.close_connection = True
+                self.close_connection = True  # the unread body makes this connection unusable
                 raise _Reply(413, f"request body of {n} bytes exceeds the limit of {MAX_COMPRESSED_BODY}")
             return self.rfile.read(n)
 
@@ -125,7 +124,8 @@ def _handler(rx: Receiver, auth: TenantAuth):
 
         def _flush(self) -> None:
             try:
-                auth.resolve(self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization")) if auth.tokens else None
+                if auth.tokens:  # with tokens, only a token holder may seal
+                    auth.resolve(self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization"))
                 n = int(self.headers.get("Content-Length") or 0)
                 if n:
                     self.rfile.read(n)

@@ -280,10 +280,14 @@ def decode_request(raw: bytes, table: SeriesTable, limits: LabelLimits) -> Decod
         key = keys[pos]
         got = resolved.get(key)
         if got is None:
-            got = resolved[key] = _intern(table, key, new_keys[key], limits, out)
-        elif isinstance(got, str):
-            out.reject(got, 1, "")
-        fast_sids[pos] = got if isinstance(got, int) else -1
+            try:
+                got = resolved[key] = _intern(table, key, new_keys[key], limits)
+            except SeriesRejected as e:
+                got = resolved[key] = e
+        if isinstance(got, SeriesRejected):
+            out.reject(got.reason, 1, str(got))
+            got = -1
+        fast_sids[pos] = got
     keep = fast_sids >= 0
     fi = np.asarray(fast_i, dtype=np.int64)
     parts_s, parts_t, parts_v = [fast_sids[keep]], [ts[fi[keep]]], [values[fi[keep]]]
@@ -307,14 +311,9 @@ def _pure_labels(key: bytes) -> list[tuple[bytes, bytes]] | None:
     return [(lb.name, lb.value) for lb in msg.labels]
 
 
-def _intern(table: SeriesTable, wire: bytes, pairs: list[tuple[bytes, bytes]], limits: LabelLimits,
-            out: Decoded) -> int | str:
-    """Id for a new wire key (validating its labels), or the rejection reason (counted once)."""
-    try:
-        labels, canonical = _validate(pairs, limits)
-    except SeriesRejected as e:
-        out.reject(e.reason, 1, str(e))
-        return e.reason
+def _intern(table: SeriesTable, wire: bytes, pairs: list[tuple[bytes, bytes]], limits: LabelLimits) -> int:
+    """Id for a new wire key, validating its labels (SeriesRejected if invalid)."""
+    labels, canonical = _validate(pairs, limits)
     sid = table.intern_canon(wire if canonical else encode_labels(labels))
     table.by_wire[wire] = sid
     return sid
@@ -328,17 +327,14 @@ def _slow_series(msg, table: SeriesTable, limits: LabelLimits, out: Decoded,
         out.reject("native_histogram", len(msg.histograms), "native histograms are not supported")
     if n == 0:
         return
-    pairs = [(lb.name, lb.value) for lb in msg.labels]
     wire = lite.LabelsBytes(labels=msg.labels).SerializeToString()
     sid = table.by_wire.get(wire)
     if sid is None:
         try:
-            labels = validate_labels(pairs, limits)
+            sid = _intern(table, wire, [(lb.name, lb.value) for lb in msg.labels], limits)
         except SeriesRejected as e:
             out.reject(e.reason, n, str(e))
             return
-        sid = table.intern_canon(encode_labels(labels))
-        table.by_wire[wire] = sid
     parts_s.append(np.full(n, sid, dtype=np.int64))
     parts_t.append(np.fromiter((s.timestamp for s in msg.samples), dtype=np.int64, count=n))
     parts_v.append(np.fromiter((s.value for s in msg.samples), dtype=np.float64, count=n))

@@ -4,7 +4,6 @@ Prometheus's own TSDB), and kill -9 at random moments loses no acknowledged samp
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
