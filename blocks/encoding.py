@@ -31,6 +31,25 @@ def _ok_at(values: np.ndarray, scale: np.ndarray | int) -> tuple[np.ndarray, np.
     return np.where(ok, mi, 0), ok
 
 
+def exact_mantissas(values: np.ndarray, scale: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """(mantissas, ok): ok where mantissa / 10**scale reproduces the value bit for bit."""
+    return _ok_at(np.ascontiguousarray(values, dtype=np.float64), scale)
+
+
+def smallest_exact_scales(values: np.ndarray) -> np.ndarray:
+    """Per value the smallest scale in [0, MAX_SCALE] with an exact decimal form; -1 if none."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    row_min = np.full(len(values), -1, dtype=np.int8)
+    pending = np.arange(len(values))
+    for e in range(MAX_SCALE + 1):
+        if len(pending) == 0:
+            break
+        _, ok = _ok_at(values[pending], e)
+        row_min[pending[ok]] = e
+        pending = pending[~ok]
+    return row_min
+
+
 def choose_scales(values: np.ndarray, series_ref: np.ndarray) -> np.ndarray:
     """Per-row scale: for each series, the largest of its values' smallest exact scales.
 
@@ -39,14 +58,7 @@ def choose_scales(values: np.ndarray, series_ref: np.ndarray) -> np.ndarray:
     """
     values = np.ascontiguousarray(values, dtype=np.float64)
     n = len(values)
-    row_min = np.full(n, -1, dtype=np.int8)
-    pending = np.arange(n)
-    for e in range(MAX_SCALE + 1):
-        if len(pending) == 0:
-            break
-        _, ok = _ok_at(values[pending], e)
-        row_min[pending[ok]] = e
-        pending = pending[~ok]
+    row_min = smallest_exact_scales(values)
     if n == 0:
         return row_min
     # Per-series maximum of the row minima over representable rows (series are contiguous

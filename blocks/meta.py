@@ -9,7 +9,10 @@ from typing import Any
 
 from blocks.errors import BlockCorruptError, InvalidInputError
 
-META_VERSION = 1
+# Format version of blocks this code writes. 2: tier rows carry every aggregate for every series
+# (blocks/tiers.py); raw blocks are unchanged from 1. Readers accept every version listed below.
+META_VERSION = 2
+READABLE_META_VERSIONS = (1, 2)
 MARK_VERSION = 1
 
 
@@ -105,7 +108,7 @@ class BlockMeta:
             if not isinstance(d, dict):
                 raise ValueError("not a JSON object")
             version = d.get("version")
-            if version != META_VERSION:
+            if version not in READABLE_META_VERSIONS:
                 raise ValueError(f"unsupported meta version {version!r}")
             stats = BlockStats(**d["stats"])
             files = tuple(FileEntry(**f) for f in d["files"])

@@ -15,10 +15,10 @@ from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import list_tenants, load_meta, open_object
 from blocks.series import check_series_table
+from blocks.tiers import check_windows, decode_windows, stored_columns
 from blocks.ulid import is_ulid
 
 RAW_COLUMNS = {"series_ref", "ts", "value"}
-DOWNSAMPLED_COLUMNS = {"series_ref", "ts", "count"}
 
 
 def sha256_of(store: ObjectStore, key: str, size: int) -> str:
@@ -36,9 +36,13 @@ def _check_samples(store: ObjectStore, meta: BlockMeta, n_series: int) -> list[s
     with open_object(store, block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE), entry.size_bytes) as f:
         pf = pq.ParquetFile(f)
         names = set(pf.schema_arrow.names)
-        want = RAW_COLUMNS if meta.resolution == Resolution.RAW else DOWNSAMPLED_COLUMNS
+        raw = meta.resolution == Resolution.RAW
+        want = RAW_COLUMNS if raw else set(stored_columns(meta.version))
         if not want <= names:
             return [f"samples.parquet lacks columns {sorted(want - names)}"]
+        if not raw and names != want:
+            return [f"samples.parquet has columns {sorted(names - want)} that tier format v{meta.version} does not"]
+        windows_counted = 0
         if pf.metadata.num_rows != meta.stats.rows:
             problems.append(f"samples.parquet has {pf.metadata.num_rows} rows, meta says {meta.stats.rows}")
         last: tuple[int, int] | None = None
@@ -46,7 +50,7 @@ def _check_samples(store: ObjectStore, meta: BlockMeta, n_series: int) -> list[s
         prev_ref: int | None = None
         for i in range(pf.num_row_groups):
             cols = ["series_ref", "ts"] + (["value", "value_mantissa"] if "value_mantissa" in names else [])
-            t = pf.read_row_group(i, columns=cols)
+            t = pf.read_row_group(i, columns=None if not raw else cols)
             refs = t.column("series_ref").to_numpy(zero_copy_only=False).astype(np.int64)
             ts = t.column("ts").to_numpy(zero_copy_only=False)
             if t.column("series_ref").null_count or t.column("ts").null_count:
@@ -63,6 +67,10 @@ def _check_samples(store: ObjectStore, meta: BlockMeta, n_series: int) -> list[s
                     last is not None and (int(refs[0]), int(ts[0])) <= last):
                 problems.append(f"row group {i}: samples not strictly sorted by (series_ref, ts)")
             last = (int(refs[-1]), int(ts[-1]))
+            if not raw:
+                w = decode_windows(t, meta.resolution_ms, meta.version)
+                windows_counted += int(w.count.sum())
+                problems += [f"row group {i}: {p}" for p in check_windows(w, meta.resolution_ms)]
             seen_refs += int(np.count_nonzero(np.diff(refs))) + (1 if prev_ref is None or refs[0] != prev_ref else 0)
             prev_ref = int(refs[-1])
             if "value_mantissa" in names:
@@ -70,6 +78,8 @@ def _check_samples(store: ObjectStore, meta: BlockMeta, n_series: int) -> list[s
                     t.column("value_mantissa").is_valid().to_numpy(zero_copy_only=False)
                 if both.any():
                     problems.append(f"row group {i}: rows with both or neither of value/value_mantissa")
+        if not raw and not problems and windows_counted != meta.stats.samples:
+            problems.append(f"windows count {windows_counted} samples, meta says {meta.stats.samples}")
         if seen_refs != n_series and not problems:
             problems.append(f"samples cover {seen_refs} series, series.parquet has {n_series}")
     return problems

@@ -23,6 +23,7 @@ from blocks.layout import (
 from blocks.meta import BlockMeta, BlockStats, FileEntry, Resolution
 from blocks.objstore import ObjectStore
 from blocks.series import build_series_table
+from blocks.tiers import parquet_encodings
 from blocks.ulid import new_ulid
 
 CREATED_BY = "strata 0.1.0"
@@ -78,11 +79,13 @@ def encode_raw_batch(batch: pa.RecordBatch | pa.Table, options: WriterOptions) -
     ], schema=RAW_SCHEMA_DECIMAL)
 
 
-def _parquet_writer(path: Path, schema: pa.Schema, options: WriterOptions) -> pq.ParquetWriter:
+def _parquet_writer(path: Path, schema: pa.Schema, options: WriterOptions, raw: bool) -> pq.ParquetWriter:
     encodings: dict[str, str] = {}
     dictionary: list[str] = []
-    for f in schema:
-        if f.name in ("ts", "series_ref", "value_mantissa", "first_ts", "last_ts", "count", "resets"):
+    if not raw:  # tier files: the registry says (blocks/tiers.py)
+        encodings, dictionary = parquet_encodings(schema)
+    for f in schema if raw else ():
+        if f.name in ("ts", "series_ref", "value_mantissa"):
             encodings[f.name] = "DELTA_BINARY_PACKED"
         elif pa.types.is_floating(f.type):
             encodings[f.name] = options.float_encoding
@@ -148,7 +151,7 @@ def write_block(store: ObjectStore, spec: BlockSpec, series: Sequence[Labels], t
 
     `series` must be in block order (see blocks.series.sort_series); `batches` are sorted by
     (series_ref, ts) across the whole stream and, for raw blocks, have columns series_ref, ts,
-    value. Downsampled batches already carry the tier's columns. Memory is one batch plus one
+    value. Downsampled batches carry the stored tier columns (`blocks.tiers.encode_windows`). Memory is one batch plus one
     row group. Files go to a scratch dir, are checksummed, uploaded, and meta.json goes last.
     """
     validate_tenant(spec.tenant)
@@ -188,7 +191,7 @@ def write_block(store: ObjectStore, spec: BlockSpec, series: Sequence[Labels], t
                 table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
                 samples += int(pc.sum(table.column("count")).as_py() or 0)
             if writer is None:
-                writer = _parquet_writer(scratch / SAMPLES_FILE, table.schema, options)
+                writer = _parquet_writer(scratch / SAMPLES_FILE, table.schema, options, spec.resolution == Resolution.RAW)
             pending.append(table)
             pending_rows += table.num_rows
             rows += table.num_rows

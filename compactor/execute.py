@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from blocks.errors import HashCollisionError
-from blocks.labels import METRIC_NAME, Labels, series_hash
+from blocks.labels import Labels, series_hash
 from blocks.marks import mark_for_deletion
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import decode_raw, iter_row_groups, read_series
 from blocks.series import block_order, series_labels
 from blocks.writer import BlockSpec, WriterOptions, write_block
-from compactor.downsample.kernels import SCHEMA, columns_for, downsample, merge_windows
+from blocks.tiers import decode_windows, encode_windows
+from compactor.downsample.kernels import downsample_raw, downsample_windows
 from compactor.ha import dedup_replicas
 from compactor.merge import sort_dedup
 from compactor.planner import CompactJob, DownsampleJob
@@ -179,26 +179,26 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
     return new, stats
 
 
-def _series_chunks(store: ObjectStore, meta: BlockMeta, target_rows: int) -> Iterator[pl.DataFrame]:
-    """Samples (decoded for raw) in chunks that end on series boundaries."""
-    carry: pl.DataFrame | None = None
+def _series_chunks(store: ObjectStore, meta: BlockMeta, target_rows: int) -> Iterator[pa.Table]:
+    """Samples (decoded for raw, stored columns for tiers) in chunks that end on series boundaries."""
+    carry: pa.Table | None = None
     raw = meta.resolution == Resolution.RAW
     for rg in iter_row_groups(store, meta):
-        df = pl.from_arrow(decode_raw(rg) if raw else rg)
+        t = decode_raw(rg) if raw else rg
         if carry is not None:
-            df = pl.concat([carry, df])
+            t = pa.concat_tables([carry, t])
             carry = None
-        if df.height < target_rows:
-            carry = df
+        if t.num_rows < target_rows:
+            carry = t
             continue
-        last_ref = df["series_ref"][-1]
-        cut = df["series_ref"].search_sorted(last_ref, side="left")
+        refs = t.column("series_ref").to_numpy(zero_copy_only=False)
+        cut = int(np.searchsorted(refs, refs[-1], side="left"))
         if cut == 0:
-            carry = df
+            carry = t
             continue
-        yield df.slice(0, cut)
-        carry = df.slice(cut)
-    if carry is not None and carry.height:
+        yield t.slice(0, cut)
+        carry = t.slice(cut)
+    if carry is not None and carry.num_rows:
         yield carry
 
 
@@ -216,7 +216,6 @@ def run_downsample(store: ObjectStore, job: DownsampleJob, meta: BlockMeta, *, n
                    options: ExecOptions = ExecOptions()) -> BlockMeta | None:
     """Build the job's target tier from its source block, streaming; None when nothing remains."""
     labels, kinds = _series_of(store, meta)
-    kind_of = np.array([columns_for(k, dict(lab)[METRIC_NAME]) for lab, k in zip(labels, kinds)])
     keep = np.array([not (options.downsample_exclude and options.downsample_exclude(lab)) for lab in labels],
                     dtype=bool)
     if meta.resolution == Resolution.RAW:
@@ -229,21 +228,18 @@ def run_downsample(store: ObjectStore, job: DownsampleJob, meta: BlockMeta, *, n
 
     def windows() -> Iterator[pa.Table]:
         for chunk in _series_chunks(store, meta, options.partition_rows):
-            outs = []
-            for kind in ("gauge", "counter", "unknown"):
-                refs = np.flatnonzero((kind_of == kind) & keep)
-                sub = chunk.filter(pl.col("series_ref").is_in(refs.tolist()))
-                if sub.height == 0:
-                    continue
-                if meta.resolution == Resolution.RAW:
-                    outs.append(downsample(sub.select("series_ref", "ts", "value"), int(job.target), kind))
-                else:
-                    outs.append(merge_windows(sub, int(job.target), kind))
-            if not outs:
+            refs = chunk.column("series_ref").to_numpy(zero_copy_only=False)
+            sel = keep[refs]
+            if not sel.any():
                 continue
-            out = pl.concat(outs).sort("series_ref", "ts")
-            out = out.with_columns(series_ref=pl.Series(remap[out["series_ref"].to_numpy()]).cast(pl.UInt32))
-            yield out.select(list(SCHEMA)).to_arrow()
+            if meta.resolution == Resolution.RAW:
+                w = downsample_raw(refs[sel], chunk.column("ts").to_numpy()[sel],
+                                   chunk.column("value").to_numpy()[sel], int(job.target))
+            else:
+                fine = decode_windows(chunk.filter(pa.array(sel)), int(meta.resolution), meta.version)
+                w = downsample_windows(fine, int(job.target))
+            w.series_ref = remap[w.series_ref].astype(np.uint32)
+            yield encode_windows(w, int(job.target))
 
     spec = BlockSpec(job.tenant, job.min_time, job.max_time, job.target, level=meta.level,
                      sources=list(meta.sources), parents=[meta.ulid], labels=dict(meta.labels))

@@ -1,38 +1,70 @@
-"""Series parts -> Thanos AggrChunks, remote-read samples and XOR chunks.
+"""Series parts -> Thanos AggrChunks (gRPC) and replayed samples (remote-read).
 
-Downsampled windows carry `ts` = the window's last millisecond. Thanos aggregates:
+Downsampled windows carry `ts` = the window's last millisecond and every column of the tier
+registry (`blocks.tiers.COLUMNS`), for every series whatever its type. Thanos aggregates:
 
-- COUNT: samples per window; SUM, MIN, MAX: of the raw values (gauge columns; absent for
-  counters, whose tiers keep increases instead).
-- COUNTER (Thanos's convention): per chunk, the first raw sample `(first_ts, first)`, then per
-  window the running reset-corrected total starting from that first value, then the window's
-  true last raw value repeated at the final window's timestamp, so a reader detects a reset
-  between this chunk and the next by comparing true values.
+- COUNT, SUM, MIN, MAX: the registry column that answers each (`blocks.tiers.thanos_aggregates`).
+- COUNTER (Thanos's convention, `pkg/compact/downsample`): per chunk, the first raw sample
+  `(first_ts, first)`, then per window the running reset-corrected total starting from that first
+  value, then the window's true last raw value repeated at the final window's timestamp, so the
+  querier's ApplyCounterResets iterator detects a reset between chunks by comparing true values.
 
-Remote-read returns samples, so a downsampled tier is turned into one value per window chosen
-by the PromQL function in the read hints (`derived_samples`).
+Remote-read returns plain samples, so windows are *replayed* as samples chosen by the PromQL
+function in the read hints (`replay_mode`): rate-like functions get the window's true first and
+last raw samples (plus two synthetic samples where the counter reset inside the window, so
+PromQL's own reset handling adds exactly the stored increase) — true values at every window edge
+make seams with raw data, other blocks and other tiers invisible; `*_over_time` get the window's
+aggregate at its end; `count_over_time` gets `count` samples per window; everything else the true
+first and last samples.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from blocks.tiers import thanos_aggregates
 from query_gateway.engine import Part
 from query_gateway.xor import SAMPLES_PER_CHUNK, encode_xor
 
 COUNT, SUM, MIN, MAX, COUNTER = "count", "sum", "min", "max", "counter"
 AGGR_BY_ENUM = {1: COUNT, 2: SUM, 3: MIN, 4: MAX, 5: COUNTER}
+_AGGR_COLUMN = {a.lower(): col for a, col in thanos_aggregates().items() if a != "COUNTER"}
+
+# PromQL functions whose answer is not exact from one value per window: served from raw data
+# while it exists (the tier plan then falls back to a coarser tier only where raw is gone).
+RAW_PREFERRED = frozenset({
+    "count_over_time", "changes", "resets", "irate", "idelta", "stddev_over_time", "stdvar_over_time",
+    "quantile_over_time", "deriv", "predict_linear", "timestamp",
+})
+_REPLAY = {
+    "rate": "counter", "increase": "counter", "irate": "counter", "resets": "counter",
+    "xrate": "counter", "xincrease": "counter",
+    "max_over_time": "max", "min_over_time": "min", "sum_over_time": "sum", "avg_over_time": "avg",
+    "count_over_time": "count",
+}
+
+
+def prefers_raw(func: str) -> bool:
+    """True when the PromQL function needs raw samples to be exact."""
+    return func in RAW_PREFERRED
+
+
+def replay_mode(func: str) -> str:
+    """How windows are replayed as samples for a PromQL function: counter, max, min, sum, avg,
+    count, or edges (the true first and last samples)."""
+    return _REPLAY.get(func, "edges")
 
 
 def _col(part: Part, name: str) -> np.ndarray | None:
+    """A window column as an array, or None where the tier does not hold it (v1 tiers: NaN)."""
     a = part.columns.get(name)
     if a is None:
         return None
-    if a.dtype == object:  # nulls came through as None
+    if a.dtype == object:
         if any(x is None for x in a):
             return None
         a = a.astype(np.float64)
-    elif np.issubdtype(a.dtype, np.floating) and np.isnan(a).all():  # a null column (another type's)
+    elif np.issubdtype(a.dtype, np.floating) and len(a) and np.isnan(a).all():
         return None
     return a
 
@@ -65,7 +97,7 @@ def aggr_samples(part: Part, aggr: str, lo: int = 0, hi: int | None = None) -> t
         out_ts = np.r_[first_ts[0], ts, ts[-1]]
         out_v = np.r_[first[0], totals, last[-1]]
         return out_ts.astype(np.int64), out_v
-    col = _col(part, aggr)
+    col = _col(part, _AGGR_COLUMN[aggr])
     if col is None:
         return None
     return ts.astype(np.int64), np.asarray(col[lo:hi], dtype=np.float64)
@@ -96,32 +128,65 @@ def aggr_chunks(part: Part, aggrs: list[str], per_chunk: int = SAMPLES_PER_CHUNK
     return out
 
 
-# Remote-read: which window value stands for a downsampled window, by PromQL function.
-_FUNC_COLUMN = {
-    "max_over_time": "max", "min_over_time": "min", "sum_over_time": "sum", "count_over_time": "count",
-}
-_COUNTER_FUNCS = {"rate", "increase", "irate", "resets", "delta", "idelta"}
+# ---- remote-read replay --------------------------------------------------------------------------
+
+
+def _interleave(slots_ts: list[np.ndarray], slots_v: list[np.ndarray], keep: list[np.ndarray]):
+    ts = np.stack(slots_ts, axis=1).ravel()
+    v = np.stack(slots_v, axis=1).ravel()
+    k = np.stack(keep, axis=1).ravel()
+    return ts[k], v[k]
+
+
+def _edges(part: Part, counter: bool) -> tuple[np.ndarray, np.ndarray]:
+    c = part.columns
+    first_ts = np.asarray(c["first_ts"], dtype=np.int64)
+    last_ts = np.asarray(c["last_ts"], dtype=np.int64)
+    first = np.asarray(c["first"], dtype=np.float64)
+    last = np.asarray(c["last"], dtype=np.float64)
+    has_first = ~np.isnan(first) & (first_ts < last_ts)  # v1 gauges hold no first
+    if not counter:
+        return _interleave([first_ts, last_ts], [first, last], [has_first, ~np.isnan(last)])
+    resets = np.asarray(c["resets"], dtype=np.int64)
+    reset_sum = np.asarray(c["reset_sum"], dtype=np.float64)
+    # f -> P -> z -> l: PromQL adds (P - f) + z (a reset to z) + (l - z) = l - f + reset_sum.
+    synth = (resets > 0) & has_first & ~np.isnan(reset_sum) & (last_ts - first_ts >= 3)
+    z = np.minimum(np.minimum(0.0, last), np.nextafter(reset_sum, -np.inf))
+    return _interleave([first_ts, first_ts + 1, first_ts + 2, last_ts], [first, reset_sum, z, last],
+                       [has_first, synth, synth, ~np.isnan(last)])
+
+
+def _expand_counts(part: Part) -> tuple[np.ndarray, np.ndarray]:
+    """`count` samples per window, spread over [first_ts, last_ts] (distinct: the raw ones were)."""
+    c = part.columns
+    n = np.asarray(c["count"], dtype=np.int64)
+    first_ts = np.asarray(c["first_ts"], dtype=np.int64)
+    span = np.asarray(c["last_ts"], dtype=np.int64) - first_ts
+    total = int(n.sum())
+    win = np.repeat(np.arange(len(n)), n)
+    k = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    denom = np.maximum(n - 1, 1)[win]
+    ts = first_ts[win] + (k * span[win]) // denom
+    avg = np.asarray(c["sum"], dtype=np.float64) / np.maximum(n, 1)
+    return ts, np.where(np.isnan(avg), np.asarray(c["last"], dtype=np.float64), avg)[win]
 
 
 def derived_samples(part: Part, func: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """(ts, values) standing for a part in remote-read: raw samples as they are; windows as the
-    counter total (rate-like functions on counters), avg (avg_over_time), min/max/sum/count
-    (their *_over_time), or the window's last value otherwise."""
+    """(ts, values) standing for a part in remote-read (see the module docstring)."""
     if part.resolution == 0:
         return part.ts.astype(np.int64), np.asarray(part.columns["value"], dtype=np.float64)
+    mode = replay_mode(func)
+    if mode in ("counter", "edges"):
+        return _edges(part, mode == "counter")
+    if mode == "count":
+        return _expand_counts(part)
     ts = part.ts.astype(np.int64)
-    if func in _COUNTER_FUNCS:
-        totals = counter_totals(part)
-        if totals is not None:
-            return ts, totals
-    if func == "avg_over_time":
-        s, c = _col(part, "sum"), _col(part, "count")
-        if s is not None and c is not None:
-            return ts, np.asarray(s, dtype=np.float64) / np.asarray(c, dtype=np.float64)
-    col = _FUNC_COLUMN.get(func)
-    if col is not None and _col(part, col) is not None:
-        return ts, np.asarray(_col(part, col), dtype=np.float64)
-    return ts, np.asarray(_col(part, "last"), dtype=np.float64)
+    last = np.asarray(part.columns["last"], dtype=np.float64)
+    if mode == "avg":
+        v = np.asarray(part.columns["sum"], dtype=np.float64) / np.asarray(part.columns["count"], dtype=np.float64)
+    else:
+        v = np.asarray(part.columns[mode], dtype=np.float64)
+    return ts, np.where(np.isnan(v), last, v)
 
 
 _CRC_TABLE = []
@@ -141,4 +206,5 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-__all__ = ["AGGR_BY_ENUM", "aggr_chunks", "aggr_samples", "counter_totals", "derived_samples", "crc32c"]
+__all__ = ["AGGR_BY_ENUM", "RAW_PREFERRED", "aggr_chunks", "aggr_samples", "counter_totals", "crc32c",
+           "derived_samples", "prefers_raw", "replay_mode"]

@@ -22,10 +22,10 @@ from blocks.meta import Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import BlockListing, load_listing
 from blocks.selectors import Matcher
+from blocks.tiers import decode_windows
 from query_gateway.reader import BlockReader, split_by_ref
 from query_gateway.tiers import TierPlan, choose_tiers
 
-WINDOW_COLUMNS = ("count", "sum", "min", "max", "last", "first_ts", "first", "last_ts", "increase", "resets")
 
 
 class LimitExceeded(StrataError):
@@ -50,7 +50,7 @@ class Part:
     """One contiguous piece of a series at one resolution."""
 
     resolution: Resolution
-    columns: dict[str, np.ndarray]  # always "ts"; raw: "value"; windows: WINDOW_COLUMNS present
+    columns: dict[str, np.ndarray]  # always "ts"; raw: "value"; windows: blocks.tiers.LOGICAL_COLUMNS
 
     @property
     def ts(self) -> np.ndarray:
@@ -142,8 +142,7 @@ class Engine:
                                 f"{self.limits.max_range_ms / 3_600_000:.1f}h", "time")
 
     def select(self, tenant: str, matchers: Sequence[Matcher], min_time: int, max_time: int, *, step_ms: int = 0,
-               window_ms: int = 0, max_resolution_ms: int | None = None, skip_data: bool = False,
-               columns: Sequence[str] | None = None) -> Result:
+               window_ms: int = 0, max_resolution_ms: int | None = None, skip_data: bool = False) -> Result:
         """Every series matching `matchers` with data in [min_time, max_time], sorted by labels."""
         self.check_range(min_time, max_time)
         plan = self.plan(tenant, min_time, max_time, step_ms=step_ms, window_ms=window_ms,
@@ -164,12 +163,15 @@ class Engine:
                 self._check_series(len(by_labels))
                 if skip_data:
                     continue
-                table = self.reader.read(meta, [r for r, _ in matched], lo, hi, columns)
+                table = self.reader.read(meta, [r for r, _ in matched], lo, hi)
                 samples += table.num_rows
                 self._check_samples(samples)
                 spans = split_by_ref(table)
-                arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names
-                          if c != "series_ref"}
+                if meta.resolution == Resolution.RAW:
+                    arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
+                else:
+                    arrays = decode_windows(table, meta.resolution_ms, meta.version).logical()
+                    arrays.pop("series_ref")
                 for ref, lab in matched:
                     if ref in spans:
                         off, n = spans[ref]

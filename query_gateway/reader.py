@@ -157,9 +157,9 @@ class BlockReader:
         return self.series_table(meta)[0].column("metric_type").to_pylist()
 
     # ---- samples -------------------------------------------------------------------------------
-    def read(self, meta: BlockMeta, refs: Sequence[int], start: int, end: int,
-             columns: Sequence[str] | None = None) -> pa.Table:
-        """Rows of `refs` with start <= ts < end, sorted by (series_ref, ts); raw values decoded."""
+    def read(self, meta: BlockMeta, refs: Sequence[int], start: int, end: int) -> pa.Table:
+        """Rows of `refs` with start <= ts < end, sorted by (series_ref, ts); raw values decoded,
+        tier rows as stored (decode with blocks.tiers.decode_windows)."""
         if not refs:
             return pa.table({"series_ref": pa.array([], pa.uint32()), "ts": pa.array([], pa.int64())})
         dataset = self._dataset(meta, SAMPLES_FILE)
@@ -167,7 +167,7 @@ class BlockReader:
         if meta.resolution == Resolution.RAW:
             want = [c for c in ("value", "value_mantissa", "value_scale") if c in names]
         else:
-            want = [c for c in (columns or names) if c in names and c not in ("series_ref", "ts")]
+            want = [c for c in names if c not in ("series_ref", "ts")]
         proj = ", ".join(f'"{c}"' for c in ["series_ref", "ts", *want])
         con = self._con()
         ref_table = pa.table({"ref": pa.array(sorted(set(refs)), pa.uint32())})

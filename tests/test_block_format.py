@@ -16,7 +16,7 @@ from blocks.encoding import STALE_NAN_BITS
 from blocks.errors import BlockCorruptError, InvalidInputError
 from blocks.labels import canonical_labels, series_sort_key
 from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key
-from blocks.meta import BlockMeta
+from blocks.meta import META_VERSION, BlockMeta
 from blocks.objstore import MemoryStore, open_store
 from blocks.reader import load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
@@ -88,7 +88,7 @@ def test_meta_is_written_last_and_lists_every_file():
     assert order[-1] == "meta.json" and set(order[:-1]) == {SAMPLES_FILE, SERIES_FILE}
     doc = json.loads(store.get(meta_key("t1", meta.ulid)))
     assert {f["name"] for f in doc["files"]} == {SAMPLES_FILE, SERIES_FILE}
-    assert doc["version"] == 1 and doc["resolution_ms"] == 0 and doc["stats"]["series"] == 3
+    assert doc["version"] == META_VERSION == 2 and doc["resolution_ms"] == 0 and doc["stats"]["series"] == 3
     assert BlockMeta.from_json(store.get(meta_key("t1", meta.ulid))) == meta
 
 

@@ -12,6 +12,7 @@ import urllib.request
 import cramjam
 import grpc
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from blocks.meta import Resolution
@@ -101,15 +102,15 @@ def raw_by_labels(store):
 
 
 def windows_by_labels(store, res):
-    import pyarrow.parquet as pq
+    """Decoded tier windows (every logical column) per series."""
+    from blocks.reader import iter_row_groups
+    from blocks.tiers import decode_windows
 
     m = block(store, res)
     labels = series_labels(read_series(store, m))
-    with open_samples(store, m) as fh:
-        t = pq.read_table(fh)
-    refs = t["series_ref"].to_numpy()
-    return {lab: {c: t[c].to_numpy(zero_copy_only=False)[refs == r] for c in t.column_names}
-            for r, lab in enumerate(labels)}
+    cols = decode_windows(pa.concat_tables(list(iter_row_groups(store, m))), int(res), m.version).logical()
+    refs = cols["series_ref"]
+    return {lab: {c: a[refs == r] for c, a in cols.items()} for r, lab in enumerate(labels)}
 
 
 def series(stub, **kw):
@@ -185,28 +186,30 @@ def test_aggregate_chunks_match_the_tier_and_counter_survives_resets(bucket, gat
     for s in got:
         lab = labels_of(s)
         w = tier[lab]
-        for field, col in (("count", "count"), ("sum", "sum"), ("min", "min"), ("max", "max")):
+        ts_raw, vs_raw = raw[lab]
+        # Every series, whatever its type, answers every aggregate, equal to the tier's columns
+        # and to a naive recomputation from the raw samples.
+        win_of = ts_raw // int(res)
+        for field, col, naive in (("count", "count", np.size), ("sum", "sum", np.sum), ("min", "min", np.min),
+                                  ("max", "max", np.max)):
             present = [c for c in s.chunks if c.HasField(field)]
-            if lab[0][1] == "req_total" and field != "count":
-                assert not present  # counters keep increases, not sum/min/max
-                continue
+            assert len(present) == len(s.chunks), (lab, field)
             dec = [x for c in present for x in decode_xor(getattr(c, field).data)]
             assert [t for t, _ in dec] == w["ts"].tolist()
             assert np.array_equal(np.array([v for _, v in dec], dtype=np.float64), w[col].astype(np.float64))
-        if lab[0][1] == "req_total":
-            ts, vs = raw[lab]
-            assert thanos_counter_increase(s.chunks) == pytest.approx(raw_increase(vs), rel=1e-12)
-            # Per window: running total - first == raw reset-aware increase up to the window's last sample.
-            dec = decode_xor(s.chunks[0].counter.data)
-            first = dec[0][1]
-            for t, total in dec[1:-1]:
-                upto = vs[ts <= t]
-                assert total - first == pytest.approx(raw_increase(upto), rel=1e-12)
-            if res == Resolution.M5:  # the second reset is at window 120: the start of chunk 2
-                c1, c2 = decode_xor(s.chunks[0].counter.data), decode_xor(s.chunks[1].counter.data)
-                assert c2[0][1] < c1[-1][1]
-        else:
-            assert all(not c.HasField("counter") for c in s.chunks)
+            want = [naive(vs_raw[win_of == k]) for k in np.unique(win_of)]
+            assert np.allclose([v for _, v in dec], want, rtol=1e-12, atol=0), (lab, field)
+        assert all(c.HasField("counter") for c in s.chunks)
+        assert thanos_counter_increase(s.chunks) == pytest.approx(raw_increase(vs_raw), rel=1e-12)
+        # Per window: running total - first == raw reset-aware increase up to the window's last sample.
+        dec = decode_xor(s.chunks[0].counter.data)
+        first = dec[0][1]
+        for t, total in dec[1:-1]:
+            upto = vs_raw[ts_raw <= t]
+            assert total - first == pytest.approx(raw_increase(upto), rel=1e-12, abs=1e-9)
+        if lab[0][1] == "req_total" and res == Resolution.M5:  # the second reset is at window 120: chunk 2's start
+            c1, c2 = decode_xor(s.chunks[0].counter.data), decode_xor(s.chunks[1].counter.data)
+            assert c2[0][1] < c1[-1][1]
 
 
 def test_skip_chunks_labels_tenants_and_errors(bucket, gateway):
@@ -326,15 +329,21 @@ def test_remote_read_streamed_chunks_and_samples(bucket, gateway):
         assert [t for t, _ in samples] == raw[lab][0].tolist()
         assert np.array_equal(np.array([v for _, v in samples]), raw[lab][1])
 
-    # SAMPLES with rate hints over a long step: served from 5m windows as counter totals.
+    # SAMPLES with rate hints over a long step: served from 5m windows replayed as their true
+    # first and last raw samples (plus two synthetic samples per window with a reset), so
+    # PromQL's reset-aware increase over them is the raw increase and every window edge is real.
     _, data = post(f"{url}/api/v1/read", read_request([("__name__", "req_total")], 0, D - 1,
                                                       hints={"step_ms": H, "range_ms": H, "func": "rate"}))
     resp = prom_remote_pb2.ReadResponse.FromString(bytes(cramjam.snappy.decompress_raw(data)))
     (ts,) = resp.results[0].timeseries
     samples = [(s.timestamp, s.value) for s in ts.samples]
-    assert len(samples) == D // 300_000 and samples[0][0] == 299_999
     ts_raw, vs_raw = raw[(("__name__", "req_total"), ("job", "a"))]
-    assert samples[-1][1] - vs_raw[0] == pytest.approx(raw_increase(vs_raw))
+    real = dict(zip(ts_raw.tolist(), vs_raw.tolist()))
+    # Both resets of req_total fall on 5m boundaries (between windows): two real edges per window.
+    assert len(samples) == 2 * D // 300_000
+    assert [t for t, _ in samples] == sorted({t for t, _ in samples})
+    assert all(real.get(t) == v for t, v in samples)
+    assert raw_increase(np.array([v for _, v in samples])) == pytest.approx(raw_increase(vs_raw), rel=1e-12)
 
     assert http_status(f"{url}/api/v1/read", {}, b"not snappy") == 400
     assert http_status(f"{url}/api/v1/read", {}, bytes(cramjam.snappy.compress_raw(b"\xff\xff"))) == 400

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from blocks.layout import META_FILE, SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key
@@ -80,24 +81,65 @@ def test_unlisted_file_detected(store):
     assert "not listed" in verify_bucket(store).problems[("t1", meta.ulid)][0]
 
 
-def test_consistent_but_unsorted_block_detected(store, tmp_path):
-    """A block rewritten with valid checksums but unsorted samples fails the deep check."""
+def rewrite_samples(store, tmp_path, meta, change) -> None:
+    """Replace a block's samples.parquet by change(table) and fix meta's size and sha256 to match."""
     import hashlib
 
     import pyarrow.parquet as pq
 
-    meta, _, _ = make_block(store)
     local = LocalDirStore(tmp_path / "bucket")
-    path = local.path(block_file_key("t1", meta.ulid, SAMPLES_FILE))
-    t = pq.read_table(path)
-    pq.write_table(t.take(list(reversed(range(t.num_rows)))), path)
-    doc = json.loads(store.get(meta_key("t1", meta.ulid)))
+    path = local.path(block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE))
+    pq.write_table(change(pq.read_table(path)), path)
+    doc = json.loads(store.get(meta_key(meta.tenant, meta.ulid)))
     for f in doc["files"]:
         if f["name"] == SAMPLES_FILE:
             f["size_bytes"] = path.stat().st_size
             f["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
     doc["stats"]["bytes"] = sum(f["size_bytes"] for f in doc["files"])
-    store.put(meta_key("t1", meta.ulid), json.dumps(doc).encode())
+    store.put(meta_key(meta.tenant, meta.ulid), json.dumps(doc).encode())
+
+
+def test_consistent_but_unsorted_block_detected(store, tmp_path):
+    """A block rewritten with valid checksums but unsorted samples fails the deep check."""
+    meta, _, _ = make_block(store)
+    rewrite_samples(store, tmp_path, meta, lambda t: t.take(list(reversed(range(t.num_rows)))))
     problems = verify_bucket(store).problems[("t1", meta.ulid)]
     assert any("sorted" in p for p in problems), problems
     assert META_FILE  # layout constant used by the checks above
+
+
+def _tier_block(store, res):
+    from blocks.meta import Resolution
+    from blocks.reader import load_listing
+    from compactor.nightly import run_once
+
+    make_block(store, min_time=0, max_time=86_400_000, step_ms=60_000)
+    run_once(store, 86_400_000 + 7_200_000)
+    assert verify_bucket(store).ok
+    return next(m for m in load_listing(store, "t1").metas if m.resolution == Resolution(res))
+
+
+@pytest.mark.parametrize("change,expect", [
+    (lambda t: t.set_column(t.schema.get_field_index("below_m"), "below_m",
+                            pa.array([-5] * t.num_rows, pa.int64())), "min/max do not bound"),
+    (lambda t: t.set_column(t.schema.get_field_index("last_offset"), "last_offset",
+                            pa.array([400_000] * t.num_rows, pa.int32())), "outside their window"),
+    (lambda t: t.set_column(t.schema.get_field_index("count"), "count",
+                            pa.array([7] * t.num_rows, pa.uint32())), "windows count"),
+    (lambda t: t.drop_columns(["reset_m"]), "lacks columns ['reset_m']"),
+    (lambda t: t.append_column("extra", pa.array([1] * t.num_rows)), "tier format v2 does not"),
+], ids=["min-above-first", "last-ts-outside", "count-vs-meta", "missing-column", "extra-column"])
+def test_inconsistent_tier_windows_detected(store, tmp_path, change, expect):
+    """A tier block rewritten with valid checksums but windows that contradict themselves or meta."""
+    meta = _tier_block(store, 300_000)
+    rewrite_samples(store, tmp_path, meta, change)
+    problems = verify_bucket(store).problems[("t1", meta.ulid)]
+    assert any(expect in p for p in problems), problems
+
+
+def test_golden_v1_tiers_still_verify():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "blocks" / "testdata" / "golden-tiers-v1"
+    report = verify_bucket(open_store(str(root)))
+    assert report.ok and report.checked == 4, report.problems

@@ -1,14 +1,14 @@
-"""Downsampling kernels (DESIGN §3): pure functions from polars frames to window frames.
+"""Downsampling kernels (DESIGN §3): pure, vectorised functions from raw samples to tier windows.
 
-Input raw frames have columns series_ref, ts (int ms), value (float64). Output frames have one
-row per (series, window) with `ts` = last millisecond of the epoch-aligned window and the tier
-columns; NaN (including Prometheus staleness markers) is never aggregated.
+`downsample_raw` turns (series_ref, ts, value) into 5m `Windows` holding every tier column of
+`blocks.tiers.COLUMNS` for every series, whatever its metric type; `merge_windows` (from the
+registry module) merges windows up the ladder 5m -> 1h -> 1d. NaN (including Prometheus
+staleness markers) is never aggregated. No I/O, no clock, no logging.
 
-Exactness: float sums depend on the order of additions, so a direct raw->1h sum and a
-raw->5m->1h sum could differ in the last bit. Every tier is therefore *defined* through the
-ladder 5m -> 1h -> 1d: `downsample(raw, 1h)` is `merge(downsample(raw, 5m), 1h)`, the same
-operations in the same order as the nightly cascade. Merging is exact in every other respect
-(counts, first/last, min/max, resets, boundary deltas).
+Exactness: a series whose values all have an exact decimal form at one scale is aggregated in
+integer mantissas (sums and reset sums exact, any merge order gives the same bits); other series
+sum in float64 in time order, and 1h/1d are *defined* through the ladder: `downsample(raw, 1h)`
+is `merge_windows(downsample(raw, 5m), 1h)`, exactly what the nightly cascade computes.
 """
 
 from __future__ import annotations
@@ -16,56 +16,21 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from blocks.encoding import exact_mantissas, smallest_exact_scales
+from blocks.tiers import (
+    FLOAT_SCALE, LOGICAL_COLUMNS, VALUE_COLUMNS, Windows, group_starts, merge_windows, with_floats,
+)
+
 M5, H1, D1 = 300_000, 3_600_000, 86_400_000
 LADDER = (M5, H1, D1)
-
-GAUGE_COLUMNS = ("count", "sum", "min", "max", "last")
-COUNTER_COLUMNS = ("count", "first_ts", "first", "last_ts", "last", "increase", "resets")
-ALL_COLUMNS = ("count", "sum", "min", "max", "last", "first_ts", "first", "last_ts", "increase", "resets")
-SCHEMA = {"series_ref": pl.UInt32, "ts": pl.Int64, "count": pl.UInt32, "sum": pl.Float64,
-          "min": pl.Float64, "max": pl.Float64, "last": pl.Float64, "first_ts": pl.Int64,
-          "first": pl.Float64, "last_ts": pl.Int64, "increase": pl.Float64, "resets": pl.UInt32}
-
-GAUGE, COUNTER, UNKNOWN = "gauge", "counter", "unknown"
+_MANTISSA_SUM_LIMIT = 1 << 60  # count * max|mantissa| below this: 2*sum + count*(first+last) fits int64
 
 
-def columns_for(metric_type: str, metric_name: str, labels: dict[str, str] | None = None) -> str:
-    """Which column set a series gets: gauge, counter or unknown (both).
-
-    Counters, histograms (every _bucket/_sum/_count) and summary _sum/_count are counters;
-    gauges and summary quantiles are gauges; unknown keeps both sets.
-    """
-    if metric_type in ("counter", "histogram"):
-        return COUNTER
-    if metric_type == "summary":
-        return COUNTER if metric_name.endswith(("_sum", "_count")) else GAUGE
-    if metric_type == "gauge":
-        return GAUGE
-    return UNKNOWN
-
-
-def _window_end(res_ms: int) -> pl.Expr:
-    return (pl.col("ts") // res_ms) * res_ms + (res_ms - 1)
-
-
-def _same_window_as_previous() -> pl.Expr:  # used by merge_windows
-    """True where the row before is the same series in the same target window."""
-    return ((pl.col("series_ref") == pl.col("series_ref").shift(1))
-            & (pl.col("window") == pl.col("window").shift(1)))
-
-
-def _finish(df: pl.DataFrame) -> pl.DataFrame:
-    """Add absent columns as nulls and order columns and rows canonically."""
-    cols = [pl.col(c).cast(t) if c in df.columns else pl.lit(None, dtype=t).alias(c)
-            for c, t in SCHEMA.items()]
-    return df.select(cols).sort("series_ref", "ts")
-
-
-def _segments(raw: pl.DataFrame, res_ms: int):
-    """Sorted non-NaN (refs, ts, values), window ends, and the start of every (series, window)."""
-    refs = raw["series_ref"].to_numpy()
-    ts = raw["ts"].to_numpy()
-    values = raw["value"].to_numpy()
+def _sorted_samples(refs: np.ndarray, ts: np.ndarray, values: np.ndarray):
+    """Non-NaN samples sorted by (series_ref, ts)."""
+    refs = np.asarray(refs)
+    ts = np.asarray(ts, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
     keep = ~np.isnan(values)
     if not keep.all():
         refs, ts, values = refs[keep], ts[keep], values[keep]
@@ -75,92 +40,87 @@ def _segments(raw: pl.DataFrame, res_ms: int):
         if np.any(r[1:] < r[:-1]) or np.any(same & (ts[1:] < ts[:-1])):  # sort only when needed
             idx = np.lexsort((ts, refs))
             refs, ts, values = refs[idx], ts[idx], values[idx]
-    window = (ts // res_ms) * res_ms + (res_ms - 1)
-    if len(refs) == 0:
-        return refs, ts, values, window, np.zeros(0, dtype=np.int64)
-    change = np.empty(len(refs), dtype=bool)
-    change[0] = True
-    change[1:] = (refs[1:] != refs[:-1]) | (window[1:] != window[:-1])
-    return refs, ts, values, window, np.flatnonzero(change)
+    return refs, ts, values
 
 
-def gauge_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
-    """Gauge kernel: count, sum, min, max, last per window."""
-    if res_ms != M5:
-        return merge_windows(gauge_windows(raw, _below(res_ms)), res_ms, GAUGE)
-    refs, ts, v, window, starts = _segments(raw, res_ms)
-    if len(starts) == 0:
-        return _finish(pl.DataFrame({"series_ref": refs, "ts": window}))
-    ends = np.r_[starts[1:], len(v)]
-    return _finish(pl.DataFrame({
-        "series_ref": refs[starts], "ts": window[starts], "count": ends - starts,
-        "sum": np.add.reduceat(v, starts), "min": np.minimum.reduceat(v, starts),
-        "max": np.maximum.reduceat(v, starts), "last": v[ends - 1]}))
+def series_scales(refs: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scale per row, mantissa per row) for samples sorted by series.
+
+    A series is decimal at scale s (the largest of its values' smallest exact scales) when every
+    value is exactly mantissa / 10**s and count * max|mantissa| < 2**60; otherwise its rows get
+    FLOAT_SCALE and mantissa 0.
+    """
+    n = len(values)
+    if n == 0:
+        return np.zeros(0, dtype=np.int8), np.zeros(0, dtype=np.int64)
+    starts = group_starts(refs, np.zeros(n, dtype=np.int8))
+    row_min = smallest_exact_scales(values).astype(np.int64)
+    per_series = np.maximum.reduceat(row_min, starts)
+    has_float = np.minimum.reduceat(row_min, starts) < 0
+    lengths = np.diff(np.r_[starts, n])
+    scale = np.repeat(np.where(has_float, FLOAT_SCALE, per_series), lengths)
+    m, ok = exact_mantissas(values, np.maximum(scale, 0))
+    ok &= scale >= 0
+    series_ok = np.logical_and.reduceat(ok, starts)
+    biggest = np.maximum.reduceat(np.abs(np.where(ok, m, 0)), starts).astype(np.float64)
+    series_ok &= biggest * lengths < _MANTISSA_SUM_LIMIT
+    row_ok = np.repeat(series_ok, lengths)
+    return np.where(row_ok, scale, FLOAT_SCALE).astype(np.int8), np.where(row_ok, m, 0)
 
 
-def counter_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
-    """Counter kernel: count, first/last (with ts), reset-aware increase inside the window, resets."""
-    if res_ms != M5:
-        return merge_windows(counter_windows(raw, _below(res_ms)), res_ms, COUNTER)
-    refs, ts, v, window, starts = _segments(raw, res_ms)
-    if len(starts) == 0:
-        return _finish(pl.DataFrame({"series_ref": refs, "ts": window}))
-    ends = np.r_[starts[1:], len(v)]
-    prev = np.empty_like(v)
-    prev[0] = v[0]
-    prev[1:] = v[:-1]
-    reset = v < prev
-    delta = np.where(reset, v, v - prev)
-    delta[starts] = 0.0  # the first sample of a window has no predecessor inside it
-    reset[starts] = False
-    return _finish(pl.DataFrame({
-        "series_ref": refs[starts], "ts": window[starts], "count": ends - starts,
-        "first_ts": ts[starts], "first": v[starts], "last_ts": ts[ends - 1], "last": v[ends - 1],
-        "increase": np.add.reduceat(delta, starts), "resets": np.add.reduceat(reset.astype(np.int64), starts)}))
-
-
-def histogram_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
-    """Histogram kernel: every _bucket (per le), _sum and _count series is a counter."""
-    return counter_windows(raw, res_ms)
-
-
-def unknown_windows(raw: pl.DataFrame, res_ms: int = M5) -> pl.DataFrame:
-    """Unknown type: both column sets."""
-    g = gauge_windows(raw, res_ms).select("series_ref", "ts", *GAUGE_COLUMNS)
-    c = counter_windows(raw, res_ms).select("series_ref", "ts", "first_ts", "first", "last_ts", "increase", "resets")
-    return _finish(g.join(c, on=["series_ref", "ts"], how="left", maintain_order="left"))
-
-
-def merge_windows(fine: pl.DataFrame, res_ms: int, kind: str) -> pl.DataFrame:
-    """Merge finer windows into coarser aligned ones (5m->1h->1d), exactly as DESIGN §3 says."""
-    df = fine.sort("series_ref", "ts").with_columns(window=_window_end(res_ms))
-    aggs: list[pl.Expr] = [pl.col("count").sum().alias("count"), pl.col("last").last().alias("last")]
-    if kind in (GAUGE, UNKNOWN):
-        aggs += [pl.col("sum").sum().alias("sum"), pl.col("min").min().alias("min"),
-                 pl.col("max").max().alias("max")]
-    if kind in (COUNTER, UNKNOWN):
-        prev_last = pl.col("last").shift(1)
-        same = _same_window_as_previous()
-        df = df.with_columns(
-            boundary=pl.when(same).then(pl.when(pl.col("first") >= prev_last).then(pl.col("first") - prev_last)
-                                        .otherwise(pl.col("first"))).otherwise(0.0),
-            boundary_reset=(same & (pl.col("first") < prev_last)).fill_null(False))
-        aggs += [pl.col("first_ts").first().alias("first_ts"), pl.col("first").first().alias("first"),
-                 pl.col("last_ts").last().alias("last_ts"),
-                 (pl.col("increase") + pl.col("boundary")).sum().alias("increase"),
-                 (pl.col("resets") + pl.col("boundary_reset").cast(pl.UInt32)).sum().alias("resets")]
-    out = df.group_by("series_ref", "window", maintain_order=True).agg(aggs)
-    return _finish(out.rename({"window": "ts"}))
-
-
-def downsample(raw: pl.DataFrame, res_ms: int, kind: str) -> pl.DataFrame:
-    """Raw samples of one column-set kind to windows of `res_ms` (5m, 1h or 1d)."""
+def downsample_raw(refs: np.ndarray, ts: np.ndarray, values: np.ndarray, res_ms: int = M5) -> Windows:
+    """Raw samples (any order, NaN skipped) -> windows of `res_ms` (5m, or 1h/1d via the ladder)."""
     if res_ms not in LADDER:
         raise ValueError(f"resolution {res_ms} is not one of {LADDER}")
-    return {GAUGE: gauge_windows, COUNTER: counter_windows, UNKNOWN: unknown_windows}[kind](raw, res_ms)
+    if res_ms != M5:
+        return merge_windows(downsample_raw(refs, ts, values, _below(res_ms)), res_ms)
+    refs, ts, v = _sorted_samples(refs, ts, values)
+    if len(v) == 0:
+        return Windows.empty()
+    window = (ts // M5) * M5 + (M5 - 1)
+    starts = group_starts(refs, window)
+    ends = np.r_[starts[1:], len(v)]
+    scale, m = series_scales(refs, v)
+    inner = np.ones(len(v), dtype=bool)
+    inner[starts] = False  # the first sample of a window has no predecessor inside it
+    prev = np.r_[0, np.arange(len(v) - 1)]
+    drop = inner & (v < v[prev])
+    ints = {"first": m[starts], "last": m[ends - 1], "min": np.minimum.reduceat(m, starts),
+            "max": np.maximum.reduceat(m, starts), "sum": np.add.reduceat(m, starts),
+            "reset_sum": np.add.reduceat(np.where(drop, m[prev], 0), starts)}
+    floats = {"first": v[starts], "last": v[ends - 1], "min": np.minimum.reduceat(v, starts),
+              "max": np.maximum.reduceat(v, starts), "sum": np.add.reduceat(v, starts),
+              "reset_sum": np.add.reduceat(np.where(drop, v[prev], 0.0), starts)}
+    w = Windows(refs[starts].astype(np.uint32), window[starts], (ends - starts).astype(np.int64), ts[starts],
+                ts[ends - 1], np.add.reduceat(drop.astype(np.int64), starts), scale[starts], ints, floats)
+    return with_floats(w)
+
+
+def downsample_windows(fine: Windows, res_ms: int) -> Windows:
+    """A tier's windows -> the next coarser tier (`res_ms` must be coarser than the input)."""
+    if res_ms not in LADDER[1:]:
+        raise ValueError(f"resolution {res_ms} is not one of {LADDER[1:]}")
+    return merge_windows(fine, res_ms)
+
+
+def downsample(raw: pl.DataFrame, res_ms: int) -> pl.DataFrame:
+    """Convenience for tests and tools: a (series_ref, ts, value) frame -> logical window frame."""
+    w = downsample_raw(raw["series_ref"].to_numpy(), raw["ts"].to_numpy(), raw["value"].to_numpy(), res_ms)
+    return windows_frame(w)
+
+
+def windows_frame(w: Windows) -> pl.DataFrame:
+    """Logical columns of windows as a polars frame (series_ref, ts, then COLUMNS order)."""
+    cols = w.logical()
+    return pl.DataFrame({"series_ref": cols["series_ref"].astype(np.uint32), "ts": cols["ts"],
+                         **{c: cols[c] for c in LOGICAL_COLUMNS}, "scale": w.scale})
 
 
 def _below(res_ms: int) -> int:
     if res_ms not in LADDER or res_ms == M5:
         raise ValueError(f"resolution {res_ms} is not one of {LADDER[1:]}")
     return LADDER[LADDER.index(res_ms) - 1]
+
+
+__all__ = ["D1", "H1", "LADDER", "M5", "VALUE_COLUMNS", "downsample", "downsample_raw", "downsample_windows",
+           "merge_windows", "series_scales", "windows_frame"]
