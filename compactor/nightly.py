@@ -223,9 +223,24 @@ def _new_metas(store, tenant: str, known: dict[str, BlockMeta]) -> list[BlockMet
     return out
 
 
+def _mark_replaced_v1_tiers(store, tenant: str, listing, now_ms: int, emit: Emit) -> None:
+    """Mark v1 tier blocks whose v2 rebuild (same resolution, sources ⊇) is committed."""
+    excluded = _excluded(listing)
+    live = [m for m in listing.metas if m.ulid not in excluded]
+    for old in live:
+        if old.resolution_ms == 0 or old.version >= 2:
+            continue
+        new = next((m for m in live if m.resolution == old.resolution and m.version >= 2
+                    and set(old.sources) <= set(m.sources)), None)
+        if new is not None:
+            mark_for_deletion(store, tenant, old.ulid, f"replaced by tier format v2 block {new.ulid}", now_ms)
+            emit("replaced", block=f"{tenant}/{old.ulid}", by=new.ulid)
+
+
 def _downsample_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:
-    for _ in range(3):  # raw->5m, then 5m->1h, then 1h->1d as new blocks appear
+    for _ in range(4):  # raw->5m, then 5m->1h, then 1h->1d as new blocks appear
         listing = load_listing(store, tenant)
+        _mark_replaced_v1_tiers(store, tenant, listing, now_ms, emit)
         jobs = [j for j in plan_downsampling(listing.metas, now_ms, range_ms=cfg.range_ms, grace_ms=cfg.grace_ms,
                                              excluded=sorted(_excluded(listing)))
                 if in_shard(shard_key(tenant, j.group, j.min_time, cfg.range_ms), cfg.shard, cfg.shards)]
@@ -243,6 +258,8 @@ def _downsample_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s:
                     new = run_downsample(store, job, metas[job.source], now_ms=now_ms, options=cfg.execution)
                     if new is not None:
                         s.downsampled.append({**_out(new), "source": job.source})
+                        if any(m.version < 2 and m.resolution_ms for m in listing.metas):
+                            _mark_replaced_v1_tiers(store, tenant, load_listing(store, tenant), now_ms, emit)
                         emit("downsampled", job=job.key, block=new.ulid, rows=new.stats.rows)
                 except HaltError as e:
                     mark_no_compact(store, tenant, job.source, str(e), now_ms)

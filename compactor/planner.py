@@ -79,24 +79,43 @@ def plan_compaction(metas: Iterable[BlockMeta], now_ms: int, *, range_ms: int = 
     return jobs
 
 
+def stale_tiers(metas: Iterable[BlockMeta], excluded: Sequence[str] = ()) -> set[str]:
+    """Tier blocks of format v1 that can be rebuilt as v2: a live raw or v2 block of the tier
+    below holds all of their raw sources. They count as absent when planning downsampling."""
+    skip = set(excluded)
+    live = [m for m in metas if m.ulid not in skip]
+    finer = {dst: src for src, dst in CASCADE}
+    out = set()
+    for m in live:
+        if m.resolution == Resolution.RAW or m.version >= 2:
+            continue
+        want = set(m.sources)
+        if any(f.tenant == m.tenant and f.resolution == finer[m.resolution]
+               and (f.resolution == Resolution.RAW or f.version >= 2) and want <= set(f.sources) for f in live):
+            out.add(m.ulid)
+    return out
+
+
 def plan_downsampling(metas: Iterable[BlockMeta], now_ms: int, *, range_ms: int = DAY_MS,
                       grace_ms: int = 3_600_000, excluded: Sequence[str] = ()) -> list[DownsampleJob]:
     """One job per complete source block whose next tier does not exist yet.
 
     A source is complete when it alone covers its aligned range (compaction has run) and the
     range is closed. A target counts as existing when some block of the target resolution
-    names the source among its parents, so reruns plan nothing new.
+    names the source among its parents, so reruns plan nothing new. Tier blocks of format v1
+    that can be rebuilt (`stale_tiers`) count as absent, so the cascade rebuilds them as v2.
     """
     metas = list(metas)
     skip = set(excluded)
-    done = {(m.tenant, m.resolution, p) for m in metas for p in m.parents}
+    stale = stale_tiers(metas, excluded)
+    done = {(m.tenant, m.resolution, p) for m in metas if m.ulid not in stale for p in m.parents}
     # A source rewritten by retention (same sources, fewer series) is already covered by the
     # target built from the block it replaced: sources ⊇ says so.
-    built = [(m.tenant, m.resolution, frozenset(m.sources)) for m in metas if m.ulid not in skip]
+    built = [(m.tenant, m.resolution, frozenset(m.sources)) for m in metas if m.ulid not in skip | stale]
     jobs = []
     for src_res, dst_res in CASCADE:
         for m in sorted(metas, key=lambda b: (b.tenant, b.min_time, b.ulid)):
-            if m.resolution != src_res or m.ulid in skip:
+            if m.resolution != src_res or m.ulid in skip or m.ulid in stale:
                 continue
             start = m.min_time // range_ms * range_ms
             if m.min_time != start or m.max_time != start + range_ms or now_ms < m.max_time + grace_ms:

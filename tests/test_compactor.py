@@ -228,3 +228,34 @@ def test_overlapping_blocks_merge_vertically():
     got = read_raw_samples(store, day)
     assert got["ts"].to_pylist() == [0, 15_000, 30_000, 45_000]
     assert got["value"].to_pylist() == [1.0, 2.0, 9.0, 4.0]
+
+
+def test_v1_tiers_are_rebuilt_as_v2_and_replaced(tmp_path):
+    """The golden v1 bucket (raw day + v1 5m/1h/1d): the nightly pass rebuilds each tier as v2
+    from the tier below, marks the v1 blocks, and the new tiers answer every aggregate."""
+    import shutil
+    from pathlib import Path
+
+    from blocks.tiers import decode_windows
+    from blocks.reader import iter_row_groups
+
+    src = Path(__file__).resolve().parent.parent / "blocks" / "testdata" / "golden-tiers-v1"
+    shutil.copytree(src, tmp_path / "b")
+    store = open_store(str(tmp_path / "b"))
+    before = load_listing(store, "golden")
+    v1 = {m.ulid for m in before.metas if m.resolution != Resolution.RAW}
+    assert len(v1) == 3 and all(m.version == 1 for m in before.metas)
+    s = run_once(store, DAY_MS + 3 * H)
+    assert [d["resolution"] for d in s.downsampled] == ["5m", "1h", "1d"] and not s.halted
+    after = load_listing(store, "golden")
+    assert set(after.deletion_marks) == v1
+    assert all("replaced by tier format v2" in after.deletion_marks[u].reason for u in v1)
+    new = [m for m in after.metas if m.ulid not in v1 and m.resolution != Resolution.RAW]
+    assert sorted(m.resolution.label for m in new) == ["1d", "1h", "5m"] and all(m.version == 2 for m in new)
+    assert verify_bucket(store).ok
+    raw = read_raw_samples(store, next(m for m in after.metas if m.resolution == Resolution.RAW))
+    direct = downsample_raw(raw["series_ref"].to_numpy(), raw["ts"].to_numpy(), raw["value"].to_numpy(), DAY_MS)
+    d1 = next(m for m in new if m.resolution == Resolution.D1)
+    stored = decode_windows(pa.concat_tables(list(iter_row_groups(store, d1))), DAY_MS, d1.version)
+    assert windows_frame(stored).equals(windows_frame(direct))
+    assert run_once(store, DAY_MS + 4 * H).downsampled == []  # nothing left to rebuild
