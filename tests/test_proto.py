@@ -24,9 +24,14 @@ def test_wire_names_and_field_numbers():
     assert thanos_info_pb2.DESCRIPTOR.services_by_name["Info"].full_name == "thanos.info.Info"
     req = thanos_store_pb2.SeriesRequest.DESCRIPTOR.fields_by_name
     assert {n: req[n].number for n in ("min_time", "max_time", "matchers", "max_resolution_window", "aggregates",
-                                       "skip_chunks", "query_hints", "without_replica_labels", "limit")} == {
+                                       "skip_chunks", "query_hints", "without_replica_labels", "limit",
+                                       "response_batch_size", "partial_response_strategy")} == {
         "min_time": 1, "max_time": 2, "matchers": 3, "max_resolution_window": 4, "aggregates": 5,
-        "skip_chunks": 8, "query_hints": 12, "without_replica_labels": 14, "limit": 15}
+        "skip_chunks": 8, "query_hints": 12, "without_replica_labels": 14, "limit": 15, "response_batch_size": 16,
+        "partial_response_strategy": 7}
+    resp = thanos_store_pb2.SeriesResponse.DESCRIPTOR.fields_by_name
+    assert {n: resp[n].number for n in ("series", "warning", "hints", "batch")} == {
+        "series": 1, "warning": 2, "hints": 3, "batch": 4}
     aggr = thanos_store_types_pb2.AggrChunk.DESCRIPTOR.fields_by_name
     assert [aggr[n].number for n in ("min_time", "max_time", "raw", "count", "sum", "min", "max", "counter")] == list(range(1, 9))
     assert thanos_store_pb2.Aggr.Value("COUNTER") == 5

@@ -26,39 +26,39 @@ from query_gateway.pb import thanos_store_types_pb2 as query__gateway_dot_pb_dot
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#query_gateway/pb/thanos_store.proto\x12\x06thanos\x1a)query_gateway/pb/thanos_store_types.proto\x1a\x19google/protobuf/any.proto\"\xd9\x03\n\rSeriesRequest\x12\x10\n\x08min_time\x18\x01 \x01(\x03\x12\x10\n\x08max_time\x18\x02 \x01(\x03\x12&\n\x08matchers\x18\x03 \x03(\x0b\x32\x14.thanos.LabelMatcher\x12\x1d\n\x15max_resolution_window\x18\x04 \x01(\x03\x12 \n\naggregates\x18\x05 \x03(\x0e\x32\x0c.thanos.Aggr\x12!\n\x19partial_response_disabled\x18\x06 \x01(\x08\x12\x42\n\x19partial_response_strategy\x18\x07 \x01(\x0e\x32\x1f.thanos.PartialResponseStrategy\x12\x13\n\x0bskip_chunks\x18\x08 \x01(\x08\x12#\n\x05hints\x18\t \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0c\n\x04step\x18\n \x01(\x03\x12\r\n\x05range\x18\x0b \x01(\x03\x12\'\n\x0bquery_hints\x18\x0c \x01(\x0b\x32\x12.thanos.QueryHints\x12%\n\nshard_info\x18\r \x01(\x0b\x32\x11.thanos.ShardInfo\x12\x1e\n\x16without_replica_labels\x18\x0e \x03(\t\x12\r\n\x05limit\x18\x0f \x01(\x03\"\x7f\n\nQueryHints\x12\x13\n\x0bstep_millis\x18\x01 \x01(\x03\x12\x1a\n\x04\x66unc\x18\x02 \x01(\x0b\x32\x0c.thanos.Func\x12\"\n\x08grouping\x18\x04 \x01(\x0b\x32\x10.thanos.Grouping\x12\x1c\n\x05range\x18\x05 \x01(\x0b\x32\r.thanos.Range\"R\n\tShardInfo\x12\x13\n\x0bshard_index\x18\x01 \x01(\x03\x12\x14\n\x0ctotal_shards\x18\x02 \x01(\x03\x12\n\n\x02\x62y\x18\x03 \x01(\x08\x12\x0e\n\x06labels\x18\x04 \x03(\t\"\x14\n\x04\x46unc\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x08Grouping\x12\n\n\x02\x62y\x18\x01 \x01(\x08\x12\x0e\n\x06labels\x18\x03 \x03(\t\"\x17\n\x05Range\x12\x0e\n\x06millis\x18\x01 \x01(\x03\"v\n\x0eSeriesResponse\x12 \n\x06series\x18\x01 \x01(\x0b\x32\x0e.thanos.SeriesH\x00\x12\x11\n\x07warning\x18\x02 \x01(\tH\x00\x12%\n\x05hints\x18\x03 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x42\x08\n\x06result\"\x92\x02\n\x11LabelNamesRequest\x12!\n\x19partial_response_disabled\x18\x01 \x01(\x08\x12\x42\n\x19partial_response_strategy\x18\x02 \x01(\x0e\x32\x1f.thanos.PartialResponseStrategy\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12#\n\x05hints\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12&\n\x08matchers\x18\x06 \x03(\x0b\x32\x14.thanos.LabelMatcher\x12\x1e\n\x16without_replica_labels\x18\x07 \x03(\t\x12\r\n\x05limit\x18\x08 \x01(\x03\"Z\n\x12LabelNamesResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12#\n\x05hints\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"\xa2\x02\n\x12LabelValuesRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12!\n\x19partial_response_disabled\x18\x02 \x01(\x08\x12\x42\n\x19partial_response_strategy\x18\x03 \x01(\x0e\x32\x1f.thanos.PartialResponseStrategy\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x03\x12#\n\x05hints\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12&\n\x08matchers\x18\x07 \x03(\x0b\x32\x14.thanos.LabelMatcher\x12\x1e\n\x16without_replica_labels\x18\x08 \x03(\t\x12\r\n\x05limit\x18\t \x01(\x03\"\\\n\x13LabelValuesResponse\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12#\n\x05hints\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any*]\n\tStoreType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05QUERY\x10\x01\x12\x08\n\x04RULE\x10\x02\x12\x0b\n\x07SIDECAR\x10\x03\x12\t\n\x05STORE\x10\x04\x12\x0b\n\x07RECEIVE\x10\x05\x12\t\n\x05\x44\x45\x42UG\x10\x06*B\n\x04\x41ggr\x12\x07\n\x03RAW\x10\x00\x12\t\n\x05\x43OUNT\x10\x01\x12\x07\n\x03SUM\x10\x02\x12\x07\n\x03MIN\x10\x03\x12\x07\n\x03MAX\x10\x04\x12\x0b\n\x07\x43OUNTER\x10\x05\x32\xcf\x01\n\x05Store\x12\x39\n\x06Series\x12\x15.thanos.SeriesRequest\x1a\x16.thanos.SeriesResponse0\x01\x12\x43\n\nLabelNames\x12\x19.thanos.LabelNamesRequest\x1a\x1a.thanos.LabelNamesResponse\x12\x46\n\x0bLabelValues\x12\x1a.thanos.LabelValuesRequest\x1a\x1b.thanos.LabelValuesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#query_gateway/pb/thanos_store.proto\x12\x06thanos\x1a)query_gateway/pb/thanos_store_types.proto\x1a\x19google/protobuf/any.proto\"\xf6\x03\n\rSeriesRequest\x12\x10\n\x08min_time\x18\x01 \x01(\x03\x12\x10\n\x08max_time\x18\x02 \x01(\x03\x12&\n\x08matchers\x18\x03 \x03(\x0b\x32\x14.thanos.LabelMatcher\x12\x1d\n\x15max_resolution_window\x18\x04 \x01(\x03\x12 \n\naggregates\x18\x05 \x03(\x0e\x32\x0c.thanos.Aggr\x12!\n\x19partial_response_disabled\x18\x06 \x01(\x08\x12\x42\n\x19partial_response_strategy\x18\x07 \x01(\x0e\x32\x1f.thanos.PartialResponseStrategy\x12\x13\n\x0bskip_chunks\x18\x08 \x01(\x08\x12#\n\x05hints\x18\t \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0c\n\x04step\x18\n \x01(\x03\x12\r\n\x05range\x18\x0b \x01(\x03\x12\'\n\x0bquery_hints\x18\x0c \x01(\x0b\x32\x12.thanos.QueryHints\x12%\n\nshard_info\x18\r \x01(\x0b\x32\x11.thanos.ShardInfo\x12\x1e\n\x16without_replica_labels\x18\x0e \x03(\t\x12\r\n\x05limit\x18\x0f \x01(\x03\x12\x1b\n\x13response_batch_size\x18\x10 \x01(\x03\"\x7f\n\nQueryHints\x12\x13\n\x0bstep_millis\x18\x01 \x01(\x03\x12\x1a\n\x04\x66unc\x18\x02 \x01(\x0b\x32\x0c.thanos.Func\x12\"\n\x08grouping\x18\x04 \x01(\x0b\x32\x10.thanos.Grouping\x12\x1c\n\x05range\x18\x05 \x01(\x0b\x32\r.thanos.Range\"R\n\tShardInfo\x12\x13\n\x0bshard_index\x18\x01 \x01(\x03\x12\x14\n\x0ctotal_shards\x18\x02 \x01(\x03\x12\n\n\x02\x62y\x18\x03 \x01(\x08\x12\x0e\n\x06labels\x18\x04 \x03(\t\"\x14\n\x04\x46unc\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x08Grouping\x12\n\n\x02\x62y\x18\x01 \x01(\x08\x12\x0e\n\x06labels\x18\x03 \x03(\t\"\x17\n\x05Range\x12\x0e\n\x06millis\x18\x01 \x01(\x03\"\x9c\x01\n\x0eSeriesResponse\x12 \n\x06series\x18\x01 \x01(\x0b\x32\x0e.thanos.SeriesH\x00\x12\x11\n\x07warning\x18\x02 \x01(\tH\x00\x12%\n\x05hints\x18\x03 \x01(\x0b\x32\x14.google.protobuf.AnyH\x00\x12$\n\x05\x62\x61tch\x18\x04 \x01(\x0b\x32\x13.thanos.SeriesBatchH\x00\x42\x08\n\x06result\"\x92\x02\n\x11LabelNamesRequest\x12!\n\x19partial_response_disabled\x18\x01 \x01(\x08\x12\x42\n\x19partial_response_strategy\x18\x02 \x01(\x0e\x32\x1f.thanos.PartialResponseStrategy\x12\r\n\x05start\x18\x03 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x04 \x01(\x03\x12#\n\x05hints\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12&\n\x08matchers\x18\x06 \x03(\x0b\x32\x14.thanos.LabelMatcher\x12\x1e\n\x16without_replica_labels\x18\x07 \x03(\t\x12\r\n\x05limit\x18\x08 \x01(\x03\"Z\n\x12LabelNamesResponse\x12\r\n\x05names\x18\x01 \x03(\t\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12#\n\x05hints\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"\xa2\x02\n\x12LabelValuesRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12!\n\x19partial_response_disabled\x18\x02 \x01(\x08\x12\x42\n\x19partial_response_strategy\x18\x03 \x01(\x0e\x32\x1f.thanos.PartialResponseStrategy\x12\r\n\x05start\x18\x04 \x01(\x03\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x03\x12#\n\x05hints\x18\x06 \x01(\x0b\x32\x14.google.protobuf.Any\x12&\n\x08matchers\x18\x07 \x03(\x0b\x32\x14.thanos.LabelMatcher\x12\x1e\n\x16without_replica_labels\x18\x08 \x03(\t\x12\r\n\x05limit\x18\t \x01(\x03\"\\\n\x13LabelValuesResponse\x12\x0e\n\x06values\x18\x01 \x03(\t\x12\x10\n\x08warnings\x18\x02 \x03(\t\x12#\n\x05hints\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any*]\n\tStoreType\x12\x0b\n\x07UNKNOWN\x10\x00\x12\t\n\x05QUERY\x10\x01\x12\x08\n\x04RULE\x10\x02\x12\x0b\n\x07SIDECAR\x10\x03\x12\t\n\x05STORE\x10\x04\x12\x0b\n\x07RECEIVE\x10\x05\x12\t\n\x05\x44\x45\x42UG\x10\x06*B\n\x04\x41ggr\x12\x07\n\x03RAW\x10\x00\x12\t\n\x05\x43OUNT\x10\x01\x12\x07\n\x03SUM\x10\x02\x12\x07\n\x03MIN\x10\x03\x12\x07\n\x03MAX\x10\x04\x12\x0b\n\x07\x43OUNTER\x10\x05\x32\xcf\x01\n\x05Store\x12\x39\n\x06Series\x12\x15.thanos.SeriesRequest\x1a\x16.thanos.SeriesResponse0\x01\x12\x43\n\nLabelNames\x12\x19.thanos.LabelNamesRequest\x1a\x1a.thanos.LabelNamesResponse\x12\x46\n\x0bLabelValues\x12\x1a.thanos.LabelValuesRequest\x1a\x1b.thanos.LabelValuesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'query_gateway.pb.thanos_store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STORETYPE']._serialized_start=1769
-  _globals['_STORETYPE']._serialized_end=1862
-  _globals['_AGGR']._serialized_start=1864
-  _globals['_AGGR']._serialized_end=1930
+  _globals['_STORETYPE']._serialized_start=1837
+  _globals['_STORETYPE']._serialized_end=1930
+  _globals['_AGGR']._serialized_start=1932
+  _globals['_AGGR']._serialized_end=1998
   _globals['_SERIESREQUEST']._serialized_start=118
-  _globals['_SERIESREQUEST']._serialized_end=591
-  _globals['_QUERYHINTS']._serialized_start=593
-  _globals['_QUERYHINTS']._serialized_end=720
-  _globals['_SHARDINFO']._serialized_start=722
-  _globals['_SHARDINFO']._serialized_end=804
-  _globals['_FUNC']._serialized_start=806
-  _globals['_FUNC']._serialized_end=826
-  _globals['_GROUPING']._serialized_start=828
-  _globals['_GROUPING']._serialized_end=866
-  _globals['_RANGE']._serialized_start=868
-  _globals['_RANGE']._serialized_end=891
-  _globals['_SERIESRESPONSE']._serialized_start=893
-  _globals['_SERIESRESPONSE']._serialized_end=1011
-  _globals['_LABELNAMESREQUEST']._serialized_start=1014
-  _globals['_LABELNAMESREQUEST']._serialized_end=1288
-  _globals['_LABELNAMESRESPONSE']._serialized_start=1290
-  _globals['_LABELNAMESRESPONSE']._serialized_end=1380
-  _globals['_LABELVALUESREQUEST']._serialized_start=1383
-  _globals['_LABELVALUESREQUEST']._serialized_end=1673
-  _globals['_LABELVALUESRESPONSE']._serialized_start=1675
-  _globals['_LABELVALUESRESPONSE']._serialized_end=1767
-  _globals['_STORE']._serialized_start=1933
-  _globals['_STORE']._serialized_end=2140
+  _globals['_SERIESREQUEST']._serialized_end=620
+  _globals['_QUERYHINTS']._serialized_start=622
+  _globals['_QUERYHINTS']._serialized_end=749
+  _globals['_SHARDINFO']._serialized_start=751
+  _globals['_SHARDINFO']._serialized_end=833
+  _globals['_FUNC']._serialized_start=835
+  _globals['_FUNC']._serialized_end=855
+  _globals['_GROUPING']._serialized_start=857
+  _globals['_GROUPING']._serialized_end=895
+  _globals['_RANGE']._serialized_start=897
+  _globals['_RANGE']._serialized_end=920
+  _globals['_SERIESRESPONSE']._serialized_start=923
+  _globals['_SERIESRESPONSE']._serialized_end=1079
+  _globals['_LABELNAMESREQUEST']._serialized_start=1082
+  _globals['_LABELNAMESREQUEST']._serialized_end=1356
+  _globals['_LABELNAMESRESPONSE']._serialized_start=1358
+  _globals['_LABELNAMESRESPONSE']._serialized_end=1448
+  _globals['_LABELVALUESREQUEST']._serialized_start=1451
+  _globals['_LABELVALUESREQUEST']._serialized_end=1741
+  _globals['_LABELVALUESRESPONSE']._serialized_start=1743
+  _globals['_LABELVALUESRESPONSE']._serialized_end=1835
+  _globals['_STORE']._serialized_start=2001
+  _globals['_STORE']._serialized_end=2208
 # @@protoc_insertion_point(module_scope)

@@ -25,25 +25,27 @@ _sym_db = _symbol_database.Default()
 from query_gateway.pb import thanos_labels_pb2 as query__gateway_dot_pb_dot_thanos__labels__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)query_gateway/pb/thanos_store_types.proto\x12\x06thanos\x1a$query_gateway/pb/thanos_labels.proto\"\x82\x01\n\x05\x43hunk\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.thanos.Chunk.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04hash\x18\x03 \x01(\x04\"7\n\x08\x45ncoding\x12\x07\n\x03XOR\x10\x00\x12\r\n\tHISTOGRAM\x10\x01\x12\x13\n\x0f\x46LOAT_HISTOGRAM\x10\x02\"J\n\x06Series\x12\x1d\n\x06labels\x18\x01 \x03(\x0b\x32\r.thanos.Label\x12!\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x11.thanos.AggrChunk\"\xdd\x01\n\tAggrChunk\x12\x10\n\x08min_time\x18\x01 \x01(\x03\x12\x10\n\x08max_time\x18\x02 \x01(\x03\x12\x1a\n\x03raw\x18\x03 \x01(\x0b\x32\r.thanos.Chunk\x12\x1c\n\x05\x63ount\x18\x04 \x01(\x0b\x32\r.thanos.Chunk\x12\x1a\n\x03sum\x18\x05 \x01(\x0b\x32\r.thanos.Chunk\x12\x1a\n\x03min\x18\x06 \x01(\x0b\x32\r.thanos.Chunk\x12\x1a\n\x03max\x18\x07 \x01(\x0b\x32\r.thanos.Chunk\x12\x1e\n\x07\x63ounter\x18\x08 \x01(\x0b\x32\r.thanos.Chunk\"~\n\x0cLabelMatcher\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.thanos.LabelMatcher.Type\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"(\n\x04Type\x12\x06\n\x02\x45Q\x10\x00\x12\x07\n\x03NEQ\x10\x01\x12\x06\n\x02RE\x10\x02\x12\x07\n\x03NRE\x10\x03*.\n\x17PartialResponseStrategy\x12\x08\n\x04WARN\x10\x00\x12\t\n\x05\x41\x42ORT\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)query_gateway/pb/thanos_store_types.proto\x12\x06thanos\x1a$query_gateway/pb/thanos_labels.proto\"\x82\x01\n\x05\x43hunk\x12$\n\x04type\x18\x01 \x01(\x0e\x32\x16.thanos.Chunk.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0c\n\x04hash\x18\x03 \x01(\x04\"7\n\x08\x45ncoding\x12\x07\n\x03XOR\x10\x00\x12\r\n\tHISTOGRAM\x10\x01\x12\x13\n\x0f\x46LOAT_HISTOGRAM\x10\x02\"J\n\x06Series\x12\x1d\n\x06labels\x18\x01 \x03(\x0b\x32\r.thanos.Label\x12!\n\x06\x63hunks\x18\x02 \x03(\x0b\x32\x11.thanos.AggrChunk\"-\n\x0bSeriesBatch\x12\x1e\n\x06series\x18\x01 \x03(\x0b\x32\x0e.thanos.Series\"\xdd\x01\n\tAggrChunk\x12\x10\n\x08min_time\x18\x01 \x01(\x03\x12\x10\n\x08max_time\x18\x02 \x01(\x03\x12\x1a\n\x03raw\x18\x03 \x01(\x0b\x32\r.thanos.Chunk\x12\x1c\n\x05\x63ount\x18\x04 \x01(\x0b\x32\r.thanos.Chunk\x12\x1a\n\x03sum\x18\x05 \x01(\x0b\x32\r.thanos.Chunk\x12\x1a\n\x03min\x18\x06 \x01(\x0b\x32\r.thanos.Chunk\x12\x1a\n\x03max\x18\x07 \x01(\x0b\x32\r.thanos.Chunk\x12\x1e\n\x07\x63ounter\x18\x08 \x01(\x0b\x32\r.thanos.Chunk\"~\n\x0cLabelMatcher\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.thanos.LabelMatcher.Type\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"(\n\x04Type\x12\x06\n\x02\x45Q\x10\x00\x12\x07\n\x03NEQ\x10\x01\x12\x06\n\x02RE\x10\x02\x12\x07\n\x03NRE\x10\x03*.\n\x17PartialResponseStrategy\x12\x08\n\x04WARN\x10\x00\x12\t\n\x05\x41\x42ORT\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'query_gateway.pb.thanos_store_types_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PARTIALRESPONSESTRATEGY']._serialized_start=652
-  _globals['_PARTIALRESPONSESTRATEGY']._serialized_end=698
+  _globals['_PARTIALRESPONSESTRATEGY']._serialized_start=699
+  _globals['_PARTIALRESPONSESTRATEGY']._serialized_end=745
   _globals['_CHUNK']._serialized_start=92
   _globals['_CHUNK']._serialized_end=222
   _globals['_CHUNK_ENCODING']._serialized_start=167
   _globals['_CHUNK_ENCODING']._serialized_end=222
   _globals['_SERIES']._serialized_start=224
   _globals['_SERIES']._serialized_end=298
-  _globals['_AGGRCHUNK']._serialized_start=301
-  _globals['_AGGRCHUNK']._serialized_end=522
-  _globals['_LABELMATCHER']._serialized_start=524
-  _globals['_LABELMATCHER']._serialized_end=650
-  _globals['_LABELMATCHER_TYPE']._serialized_start=610
-  _globals['_LABELMATCHER_TYPE']._serialized_end=650
+  _globals['_SERIESBATCH']._serialized_start=300
+  _globals['_SERIESBATCH']._serialized_end=345
+  _globals['_AGGRCHUNK']._serialized_start=348
+  _globals['_AGGRCHUNK']._serialized_end=569
+  _globals['_LABELMATCHER']._serialized_start=571
+  _globals['_LABELMATCHER']._serialized_end=697
+  _globals['_LABELMATCHER_TYPE']._serialized_start=657
+  _globals['_LABELMATCHER_TYPE']._serialized_end=697
 # @@protoc_insertion_point(module_scope)
