@@ -24,7 +24,7 @@ from blocks.reader import BlockListing, load_listing
 from blocks.selectors import Matcher
 from blocks.tiers import decode_windows
 from query_gateway.reader import BlockReader, split_by_ref
-from query_gateway.tiers import TierPlan, choose_tiers
+from query_gateway.tiers import TierPlan, choose_tiers, readable_blocks
 
 
 
@@ -119,7 +119,10 @@ class Engine:
 
     def time_range(self, tenant: str) -> tuple[int, int]:
         """(min, max) time over the tenant's readable blocks; (0, -1) when empty."""
-        metas = self.listing(tenant).metas
+        listing = self.listing(tenant)
+        marks = {u: m.deletion_time_ms for u, m in listing.deletion_marks.items()}
+        metas = readable_blocks(listing.metas, marks=marks, delay_ms=self.deletion_delay_ms,
+                                now_ms=int(time.time() * 1000))
         if not metas:
             return 0, -1
         return min(m.min_time for m in metas), max(m.max_time for m in metas) - 1

@@ -18,6 +18,8 @@ from query_gateway.pb import (
 )
 
 _CHUNK = thanos_store_types_pb2.Chunk
+THANOS_DEFAULT_TENANT = "default-tenant"
+INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)  # Thanos's --query.default-tenant-id default
 
 
 def _meta(context) -> dict[str, str]:
@@ -30,7 +32,14 @@ class _Base:
 
     def _tenant(self, context) -> str:
         md = _meta(context)
-        return self.auth.resolve(md.get("x-scope-orgid") or md.get("thanos-tenant"), md.get("authorization"))
+        asked = md.get("x-scope-orgid")
+        if asked is None:
+            # A stock Thanos Querier sends its --query.default-tenant-id ("default-tenant") on every
+            # call: that means "whatever this store's default is", not a tenant of that name.
+            asked = md.get("thanos-tenant")
+            if asked == THANOS_DEFAULT_TENANT:
+                asked = None
+        return self.auth.resolve(asked, md.get("authorization"))
 
     def _run(self, api: str, context, fn):
         t0 = time.perf_counter()
@@ -68,8 +77,14 @@ class StoreService(_Base, thanos_store_pb2_grpc.StoreServicer):
             window = hints.range.millis if request.HasField("query_hints") and hints.HasField("range") else request.range
             res = self.engine.select(tenant, matchers, request.min_time, request.max_time, window_ms=window,
                                      max_resolution_ms=request.max_resolution_window, skip_data=request.skip_chunks)
-            out = [thanos_store_pb2.SeriesResponse(warning=w) for w in res.warnings]
-            n = 0
+            # Thanos turns any warning into an error under the ABORT strategy (the Ruler's default):
+            # a coarser tier standing in is then logged and counted, never sent.
+            abort = request.partial_response_disabled or \
+                request.partial_response_strategy == thanos_store_types_pb2.ABORT
+            if res.warnings:
+                self.metrics.tier_fallback("grpc_series", tenant, res, sent_as_warning=not abort)
+            out = [] if abort else [thanos_store_pb2.SeriesResponse(warning=w) for w in res.warnings]
+            batch: list = []
             for s in res.series:
                 chunks = []
                 if not request.skip_chunks:
@@ -80,10 +95,17 @@ class StoreService(_Base, thanos_store_pb2_grpc.StoreServicer):
                                 if field in c:
                                     getattr(ac, field).CopyFrom(_CHUNK(type=_CHUNK.XOR, data=c[field]))
                             chunks.append(ac)
-                            n += 1
                 series = thanos_store_types_pb2.Series(
                     labels=[thanos_labels_pb2.Label(name=k, value=v) for k, v in s.labels], chunks=chunks)
-                out.append(thanos_store_pb2.SeriesResponse(series=series))
+                if request.response_batch_size > 1:  # Thanos's batchable server: N series per message
+                    batch.append(series)
+                    if len(batch) >= request.response_batch_size:
+                        out.append(_batch(batch))
+                        batch = []
+                else:
+                    out.append(thanos_store_pb2.SeriesResponse(series=series))
+            if batch:
+                out.append(_batch(batch))
             self.metrics.series.labels("grpc_series").inc(len(res.series))
             self.metrics.samples.labels("grpc_series").inc(sum(x.samples() for x in res.series))
             return out
@@ -115,6 +137,10 @@ class StoreService(_Base, thanos_store_pb2_grpc.StoreServicer):
         return self._run("grpc_label_values", context, run)
 
 
+def _batch(series: list) -> thanos_store_pb2.SeriesResponse:
+    return thanos_store_pb2.SeriesResponse(batch=thanos_store_types_pb2.SeriesBatch(series=series))
+
+
 def _range(engine: Engine, tenant: str, start: int, end: int) -> tuple[int, int]:
     if start == 0 and end == 0:
         return engine.time_range(tenant)
@@ -127,6 +153,8 @@ class InfoService(_Base, thanos_info_pb2_grpc.InfoServicer):
     def Info(self, request, context):
         def run(tenant: str):
             lo, hi = self.engine.time_range(tenant)
+            if hi < lo:  # no data: what Thanos's own stores report, so the querier skips us
+                lo, hi = INT64_MAX, INT64_MIN
             return thanos_info_pb2.InfoResponse(
                 ComponentType="store",
                 store=thanos_info_pb2.StoreInfo(min_time=lo, max_time=hi, supports_sharding=False,

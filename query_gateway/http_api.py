@@ -17,7 +17,7 @@ from blocks.cli_common import parse_time_ms
 from blocks.errors import InvalidInputError, RetryableError
 from blocks.selectors import parse_selector
 from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
-from query_gateway.convert import crc32c, derived_samples
+from query_gateway.convert import crc32c, derived_samples, prefers_raw
 from query_gateway.engine import Engine, LimitExceeded, Matcher, parse_matchers
 from query_gateway.metrics import GatewayMetrics
 from query_gateway.pb import prom_remote_pb2, prom_types_pb2
@@ -157,8 +157,12 @@ def _handler(gw: Gateway):
         do_GET = do_POST = _dispatch
 
         # ---- Prometheus HTTP API -------------------------------------------------------------
-        def _range(self, values: dict, tenant: str) -> tuple[int, int]:
+        def _range(self, values: dict, tenant: str) -> tuple[int, int] | None:
+            """[start, end] of a label/series request; None when it asks for none and the tenant
+            holds no data (an empty answer, as Prometheus gives for an empty TSDB)."""
             lo, hi = gw.engine.time_range(tenant)
+            if hi < lo and not values.get("start") and not values.get("end"):
+                return None
             return _time_param(values, "start", lo), _time_param(values, "end", hi)
 
         def _matchers(self, values: dict) -> list[list[Matcher]]:
@@ -166,18 +170,18 @@ def _handler(gw: Gateway):
 
         def _labels(self) -> None:
             values, tenant = self._params(), self._tenant()
-            start, end = self._range(values, tenant)
+            span = self._range(values, tenant)
             names: set[str] = set()
-            for ms in self._matchers(values) or [[]]:
-                names.update(gw.engine.label_names(tenant, ms, start, end))
+            for ms in (self._matchers(values) or [[]]) if span else []:
+                names.update(gw.engine.label_names(tenant, ms, *span))
             self._json(200, {"status": "success", "data": sorted(names)})
 
         def _label_values(self, name: str) -> None:
             values, tenant = self._params(), self._tenant()
-            start, end = self._range(values, tenant)
+            span = self._range(values, tenant)
             out: set[str] = set()
-            for ms in self._matchers(values) or [[]]:
-                out.update(gw.engine.label_values(tenant, name, ms, start, end))
+            for ms in (self._matchers(values) or [[]]) if span else []:
+                out.update(gw.engine.label_values(tenant, name, ms, *span))
             self._json(200, {"status": "success", "data": sorted(out)})
 
         def _series(self) -> None:
@@ -185,10 +189,10 @@ def _handler(gw: Gateway):
             selectors = self._matchers(values)
             if not selectors:
                 raise HttpError(400, "bad_data", "no match[] parameter provided")
-            start, end = self._range(values, tenant)
+            span = self._range(values, tenant)
             seen: dict = {}
-            for ms in selectors:
-                for s in gw.engine.select(tenant, ms, start, end, max_resolution_ms=86_400_000, skip_data=True).series:
+            for ms in selectors if span else []:
+                for s in gw.engine.select(tenant, ms, *span, max_resolution_ms=86_400_000, skip_data=True).series:
                     seen[s.labels] = dict(s.labels)
             self._json(200, {"status": "success", "data": [seen[k] for k in sorted(seen)]})
 
@@ -204,9 +208,15 @@ def _handler(gw: Gateway):
             for q in req.queries:
                 ms = parse_matchers((m.name, int(m.type), m.value) for m in q.matchers)
                 h = q.hints if q.HasField("hints") else None
+                func = h.func if h else ""
+                # Functions that need every raw sample read raw while it exists (a coarser
+                # tier stands in only where raw is gone, logged and counted).
                 res = gw.engine.select(tenant, ms, q.start_timestamp_ms, q.end_timestamp_ms,
-                                       step_ms=h.step_ms if h else 0, window_ms=h.range_ms if h else 0)
-                results.append((res, h.func if h else ""))
+                                       step_ms=h.step_ms if h else 0, window_ms=h.range_ms if h else 0,
+                                       max_resolution_ms=0 if prefers_raw(func) else None)
+                if res.warnings:
+                    gw.metrics.tier_fallback("remote_read", tenant, res, sent_as_warning=False)
+                results.append((res, func))
             if streamed:
                 self._stream(results)
                 return

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -20,6 +24,10 @@ class GatewayMetrics:
                               registry=self.registry)
         self.samples = Counter("strata_gateway_samples_returned", "Samples or windows returned by API.", ["api"],
                                registry=self.registry)
+        self.fallbacks = Counter("strata_gateway_tier_fallbacks",
+                                 "Queries served (in part) from a coarser tier than they asked for, because "
+                                 "nothing fine enough exists there, by API and the tier that stood in.",
+                                 ["api", "tier"], registry=self.registry)
         self.registry.register(_StoreCollector(engine))
 
     def observe(self, api: str, code: str, seconds: float) -> None:
@@ -27,9 +35,25 @@ class GatewayMetrics:
         self.requests.labels(api, code).inc()
         self.latency.labels(api).observe(seconds)
 
+    def tier_fallback(self, api: str, tenant: str, result, *, sent_as_warning: bool) -> None:
+        """Count (and log) a query that a coarser tier answered in part."""
+        for tier in result.plan.fallback_tiers:
+            self.fallbacks.labels(api, tier.label).inc()
+        for w in result.warnings:
+            log_event("tier_fallback", level="warn", api=api, tenant=tenant, warning=w,
+                      sent_as_warning=sent_as_warning)
+
     def exposition(self) -> bytes:
         """Text exposition format."""
         return generate_latest(self.registry)
+
+
+def log_event(event: str, *, level: str = "info", **fields) -> None:
+    """One JSON line on stderr (the gateway's log)."""
+    doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level, "component": "gateway",
+           "event": event, **fields}
+    sys.stderr.write(json.dumps(doc, default=str) + "\n")
+    sys.stderr.flush()
 
 
 class _StoreCollector:

@@ -43,6 +43,7 @@ class TierPlan:
     segments: list[Segment] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     wanted: Resolution = Resolution.RAW
+    fallback_tiers: list[Resolution] = field(default_factory=list)  # coarser tiers standing in
 
 
 def wanted_resolution(*, step_ms: int = 0, window_ms: int = 0, max_resolution_ms: int | None = None) -> Resolution:
@@ -119,6 +120,7 @@ def choose_tiers(min_time: int, max_time: int, metas: Iterable[BlockMeta], *, st
     plan.segments = [Segment(a, b, t, tuple(sorted(bl.values(), key=lambda m: (m.min_time, m.ulid))))
                      for a, b, t, bl in pieces]
     for tier, spans in sorted(coarser_used.items()):
+        plan.fallback_tiers.append(tier)
         lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
         plan.warnings.append(
             f"no data at {wanted.label} resolution or finer for part of [{lo}, {hi}); "
