@@ -138,6 +138,10 @@ def _interleave(slots_ts: list[np.ndarray], slots_v: list[np.ndarray], keep: lis
     return ts[k], v[k]
 
 
+INTERPOLATE_MS = 240_000  # windows spanning more than PromQL's 5m lookback get samples this far apart
+LOOKBACK_MS = 300_000
+
+
 def _edges(part: Part, counter: bool) -> tuple[np.ndarray, np.ndarray]:
     c = part.columns
     first_ts = np.asarray(c["first_ts"], dtype=np.int64)
@@ -145,15 +149,36 @@ def _edges(part: Part, counter: bool) -> tuple[np.ndarray, np.ndarray]:
     first = np.asarray(c["first"], dtype=np.float64)
     last = np.asarray(c["last"], dtype=np.float64)
     has_first = ~np.isnan(first) & (first_ts < last_ts)  # v1 gauges hold no first
-    if not counter:
-        return _interleave([first_ts, last_ts], [first, last], [has_first, ~np.isnan(last)])
-    resets = np.asarray(c["resets"], dtype=np.int64)
-    reset_sum = np.asarray(c["reset_sum"], dtype=np.float64)
-    # f -> P -> z -> l: PromQL adds (P - f) + z (a reset to z) + (l - z) = l - f + reset_sum.
-    synth = (resets > 0) & has_first & ~np.isnan(reset_sum) & (last_ts - first_ts >= 3)
-    z = np.minimum(np.minimum(0.0, last), np.nextafter(reset_sum, -np.inf))
-    return _interleave([first_ts, first_ts + 1, first_ts + 2, last_ts], [first, reset_sum, z, last],
-                       [has_first, synth, synth, ~np.isnan(last)])
+    has_last = ~np.isnan(last)
+    if counter:
+        resets = np.asarray(c["resets"], dtype=np.int64)
+        reset_sum = np.asarray(c["reset_sum"], dtype=np.float64)
+        # f -> P -> z -> l: PromQL adds (P - f) + z (a reset to z) + (l - z) = l - f + reset_sum.
+        synth = (resets > 0) & has_first & ~np.isnan(reset_sum) & (last_ts - first_ts >= 3)
+        z = np.minimum(np.minimum(0.0, last), np.nextafter(reset_sum, -np.inf))
+        slots = ([first_ts, first_ts + 1, first_ts + 2, last_ts], [first, reset_sum, z, last],
+                 [has_first, synth, synth, has_last])
+        from_ts, from_v = np.where(synth, first_ts + 2, first_ts), np.where(synth, z, first)
+    else:
+        synth = np.zeros(len(first_ts), dtype=bool)
+        slots = ([first_ts, last_ts], [first, last], [has_first, has_last])
+        from_ts, from_v = first_ts, first
+    ts, v = _interleave(*slots)
+    # Long windows (1h, 1d) also get evenly spaced samples on the line between their edges, so a
+    # range or an instant lookup that covers part of a window still finds samples (PromQL's
+    # lookback is 5m): exact where a range covers whole windows, a linear estimate inside one.
+    span = last_ts - from_ts
+    extra = np.where(has_first & has_last & (span > LOOKBACK_MS), (span + INTERPOLATE_MS - 1) // INTERPOLATE_MS - 1, 0)
+    if extra.any():
+        win = np.repeat(np.arange(len(extra)), extra)
+        j = np.arange(len(win)) - np.repeat(np.cumsum(extra) - extra, extra) + 1
+        frac = j / (extra[win] + 1)
+        its = from_ts[win] + (j * span[win]) // (extra[win] + 1)
+        iv = from_v[win] + frac * (last[win] - from_v[win])
+        ts, v = np.r_[ts, its], np.r_[v, iv]
+        order = np.argsort(ts, kind="stable")
+        ts, v = ts[order], v[order]
+    return ts, v
 
 
 def _expand_counts(part: Part) -> tuple[np.ndarray, np.ndarray]:

@@ -78,7 +78,8 @@ class Prometheus:
         self.log.close()
 
 
-def promtool_backfill(openmetrics: Path, out_dir: Path) -> None:
+def promtool_backfill(openmetrics: Path, out_dir: Path, max_block_duration: str | None = None) -> None:
     """`promtool tsdb create-blocks-from openmetrics` into out_dir."""
-    subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(out_dir)],
+    extra = [f"--max-block-duration={max_block_duration}"] if max_block_duration else []
+    subprocess.run([PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", *extra, str(openmetrics), str(out_dir)],
                    check=True, capture_output=True)
