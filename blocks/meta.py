@@ -29,6 +29,14 @@ class Resolution(IntEnum):
         """Short name used in CLIs and policies: raw, 5m, 1h, 1d."""
         return {0: "raw", 300_000: "5m", 3_600_000: "1h", 86_400_000: "1d"}[int(self)]
 
+    @property
+    def finer(self) -> "Resolution":
+        """The tier this one is built from (raw for 5m); ValueError for raw."""
+        i = LADDER.index(self)
+        if i == 0:
+            raise ValueError("raw has no finer tier")
+        return LADDER[i - 1]
+
     @classmethod
     def parse(cls, text: str) -> "Resolution":
         """Parse 'raw', '5m', '1h', '1d' or a millisecond count."""
@@ -39,6 +47,11 @@ class Resolution(IntEnum):
             return cls(int(text))
         except ValueError:
             raise InvalidInputError(f"invalid resolution {text!r}: use raw, 5m, 1h or 1d") from None
+
+
+#: The tiers from finest to coarsest; each is built from the one before it (the cascade).
+LADDER: tuple[Resolution, ...] = tuple(Resolution)
+CASCADE: tuple[tuple[Resolution, Resolution], ...] = tuple(zip(LADDER, LADDER[1:]))
 
 
 @dataclass(frozen=True)

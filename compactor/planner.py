@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from blocks.meta import BlockMeta, Resolution
+from blocks.meta import CASCADE, BlockMeta, Resolution
 
 DAY_MS = 86_400_000
-CASCADE = ((Resolution.RAW, Resolution.M5), (Resolution.M5, Resolution.H1), (Resolution.H1, Resolution.D1))
 
 
 @dataclass(frozen=True)
@@ -84,13 +83,12 @@ def stale_tiers(metas: Iterable[BlockMeta], excluded: Sequence[str] = ()) -> set
     below holds all of their raw sources. They count as absent when planning downsampling."""
     skip = set(excluded)
     live = [m for m in metas if m.ulid not in skip]
-    finer = {dst: src for src, dst in CASCADE}
     out = set()
     for m in live:
         if m.resolution == Resolution.RAW or m.version >= 2:
             continue
         want = set(m.sources)
-        if any(f.tenant == m.tenant and f.resolution == finer[m.resolution]
+        if any(f.tenant == m.tenant and f.resolution == m.resolution.finer
                and (f.resolution == Resolution.RAW or f.version >= 2) and want <= set(f.sources) for f in live):
             out.add(m.ulid)
     return out

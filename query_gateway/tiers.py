@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from blocks.meta import BlockMeta, Resolution
+from blocks.meta import LADDER, BlockMeta, Resolution
 
-TIERS = (Resolution.RAW, Resolution.M5, Resolution.H1, Resolution.D1)
+TIERS = LADDER
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 from blocks.labels import Labels
-from blocks.meta import BlockMeta, Resolution
+from blocks.meta import LADDER, BlockMeta, Resolution
 from retention.policy import Policy, SeriesPolicy, parse_retention
 
-TIERS = (Resolution.RAW, Resolution.M5, Resolution.H1, Resolution.D1)
+TIERS = LADDER
 
 
 @dataclass(frozen=True)

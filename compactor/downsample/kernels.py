@@ -17,12 +17,13 @@ import numpy as np
 import polars as pl
 
 from blocks.encoding import exact_mantissas, smallest_exact_scales
+from blocks.meta import LADDER as TIER_LADDER, Resolution
 from blocks.tiers import (
     FLOAT_SCALE, LOGICAL_COLUMNS, VALUE_COLUMNS, Windows, group_starts, merge_windows, with_floats,
 )
 
-M5, H1, D1 = 300_000, 3_600_000, 86_400_000
-LADDER = (M5, H1, D1)
+M5, H1, D1 = int(Resolution.M5), int(Resolution.H1), int(Resolution.D1)
+LADDER = tuple(int(r) for r in TIER_LADDER[1:])  # the downsampled tiers
 _MANTISSA_SUM_LIMIT = 1 << 60  # count * max|mantissa| below this: 2*sum + count*(first+last) fits int64
 
 
@@ -119,7 +120,7 @@ def windows_frame(w: Windows) -> pl.DataFrame:
 def _below(res_ms: int) -> int:
     if res_ms not in LADDER or res_ms == M5:
         raise ValueError(f"resolution {res_ms} is not one of {LADDER[1:]}")
-    return LADDER[LADDER.index(res_ms) - 1]
+    return int(Resolution(res_ms).finer)
 
 
 __all__ = ["D1", "H1", "LADDER", "M5", "VALUE_COLUMNS", "downsample", "downsample_raw", "downsample_windows",
