@@ -352,7 +352,8 @@ def decode_windows(table: pa.Table, res_ms: int, version: int = FORMAT_VERSION) 
     """Stored tier rows (all columns of its version, any row subset) -> Windows; bit-exact."""
     if version == 1:
         return _decode_v1(table, res_ms)
-    missing = [c.name for c in STORED if c.name not in table.column_names]
+    have = set(table.column_names)
+    missing = [c.name for c in STORED if c.name not in have]
     if missing:
         raise BlockCorruptError(f"tier samples lack columns {missing}")
     refs = _np(table, "series_ref", 0, np.uint32)
@@ -379,6 +380,105 @@ def decode_windows(table: pa.Table, res_ms: int, version: int = FORMAT_VERSION) 
     w = Windows(refs, ts, n, start + _np(table, "first_offset", 0, np.int64),
                 start + _np(table, "last_offset", 0, np.int64), resets, scale, ints, floats)
     return with_floats(w)
+
+
+_LAST = ["scale", "first_m", "span_m", "first", "last"]
+_MIN = _LAST + ["below_m", "min"]
+_DEPS: dict[str, list[str]] = {
+    "count": ["count"], "first_ts": ["first_offset"], "last_ts": ["last_offset"], "resets": ["resets"],
+    "first": ["scale", "first_m", "first"], "last": _LAST, "min": _MIN, "max": _LAST + ["above_m", "max"],
+    "sum": ["scale", "count", "first_m", "span_m", "sum_m", "first", "sum"],
+    "reset_sum": _MIN + ["resets", "reset_m", "reset_sum"], "increase": _MIN + ["resets", "reset_m", "reset_sum"],
+}
+
+
+def stored_for(logical: Sequence[str], version: int = FORMAT_VERSION) -> list[str]:
+    """The stored columns `decode_logical` needs for these logical columns (plus series_ref, ts)."""
+    if version == 1:
+        return list(stored_columns(1))
+    need = {"series_ref", "ts"}
+    for c in logical:
+        need.update(_DEPS[c])
+    return [c.name for c in STORED if c.name in need]
+
+
+def decode_logical(table: pa.Table, res_ms: int, version: int, logical: Sequence[str]) -> dict[str, np.ndarray]:
+    """Only the wanted logical columns (plus series_ref and ts) from a projection of the stored
+    columns (`stored_for`); the same bits as `decode_windows(...).column(c)`."""
+    if version == 1:
+        cols = _decode_v1(table, res_ms).logical()
+        return {c: cols[c] for c in ("series_ref", "ts", *logical)}
+    d = _LazyDecode(table, res_ms)
+    out = {"series_ref": _np(table, "series_ref", 0, np.uint32) if table.num_rows else np.zeros(0, np.uint32),
+           "ts": d.get("ts")}
+    for c in logical:
+        out[c] = d.get(c)
+    return out
+
+
+class _LazyDecode:
+    """Each decoded quantity computed once, on demand (a class, not a self-referencing closure:
+    that would be a reference cycle keeping the whole table alive until the cyclic GC runs)."""
+
+    def __init__(self, table: pa.Table, res_ms: int) -> None:
+        self.table, self.res_ms = table, res_ms
+        self.memo: dict[str, np.ndarray] = {}
+
+    def get(self, name: str) -> np.ndarray:
+        memo, table, res_ms, get = self.memo, self.table, self.res_ms, self.get
+        if name in memo:
+            return memo[name]
+        if name == "dec":
+            v = table.column("scale").is_valid().to_numpy(zero_copy_only=False)
+        elif name == "scale":
+            v = np.where(get("dec"), _np(table, "scale", 0, np.int8), FLOAT_SCALE).astype(np.int8)
+        elif name == "start":
+            v = get("ts") - (res_ms - 1)
+        elif name in ("ts", "count", "resets"):
+            v = _np(table, name, 0, np.int64)
+        elif name == "first_ts":
+            v = get("start") + _np(table, "first_offset", 0, np.int64)
+        elif name == "last_ts":
+            v = get("start") + _np(table, "last_offset", 0, np.int64)
+        elif name == "first_m":
+            v = _np(table, "first_m", 0, np.int64)
+        elif name == "last_m":
+            v = get("first_m") + _np(table, "span_m", 0, np.int64)
+        elif name == "min_m":
+            v = np.minimum(get("first_m"), get("last_m")) - _np(table, "below_m", 0, np.int64)
+        elif name == "max_m":
+            v = np.maximum(get("first_m"), get("last_m")) + _np(table, "above_m", 0, np.int64)
+        elif name == "sum_m":
+            v = (_np(table, "sum_m", 0, np.int64) + get("count") * (get("first_m") + get("last_m"))) // 2
+        elif name == "reset_sum_m":
+            v = _np(table, "reset_m", 0, np.int64) + get("resets") * get("min_m")
+        elif name == "f_first":
+            v = _np(table, "first", 0.0, np.float64)
+        elif name == "f_last":
+            v = _nullable(table, "last", get("f_first"))
+        elif name == "f_min":
+            v = _nullable(table, "min", np.minimum(get("f_first"), get("f_last")))
+        elif name == "f_max":
+            v = _nullable(table, "max", np.maximum(get("f_first"), get("f_last")))
+        elif name == "f_sum":
+            v = _nullable(table, "sum", get("f_first"))
+        elif name == "f_reset_sum":
+            v = _np(table, "reset_sum", 0.0, np.float64)
+        elif name in VALUE_COLUMNS:
+            dec = get("dec")
+            v = get("f_" + name)
+            if dec.any():
+                v = np.where(dec, mantissa_floats(np.where(dec, get(name + "_m"), 0), get("scale")), v)
+        elif name == "increase":
+            dec = get("dec")
+            v = (get("f_last") - get("f_first")) + get("f_reset_sum")
+            if dec.any():
+                m = np.where(dec, get("last_m") - get("first_m") + get("reset_sum_m"), 0)
+                v = np.where(dec, mantissa_floats(m, get("scale")), v)
+        else:
+            raise KeyError(name)
+        memo[name] = v
+        return v
 
 
 def _nullable(table: pa.Table, name: str, default: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from blocks.cli_common import (
 from blocks.errors import InvalidInputError
 from blocks.objstore import open_store
 from blocks.selectors import parse_selector
+from blocks.units import parse_bytes
 from blocks.writer import WriterOptions
 from compactor.execute import ExecOptions
 from compactor.nightly import CompactorConfig, Summary, run_once
@@ -39,17 +40,6 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     if not 0 <= i < n:
         raise InvalidInputError(f"invalid shard {text!r}: need 0 <= i < n")
     return i, n
-
-
-def parse_bytes(text: str) -> int:
-    """'512MiB', '2GiB', '1000000' -> bytes."""
-    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 10**3, "MB": 10**6, "GB": 10**9, "B": 1}
-    for u, mult in units.items():
-        if text.endswith(u) and text[: -len(u)].strip().isdigit():
-            return int(text[: -len(u)]) * mult
-    if text.isdigit():
-        return int(text)
-    raise InvalidInputError(f"invalid size {text!r}: use e.g. 512MiB or 2GiB")
 
 
 def metrics_text(s: Summary, now_ms: int, exit_code: int) -> str:

@@ -13,7 +13,7 @@ import typer
 
 from blocks.cli_common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
 from blocks.objstore import open_store
-from compactor.compact_cli import parse_bytes
+from blocks.units import parse_bytes
 from ingest.receive_http import serve_http
 from ingest.receiver import Receiver, ReceiverConfig
 from ingest.rw_decode import LabelLimits

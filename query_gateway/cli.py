@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from blocks.cli_common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from blocks.errors import InvalidInputError
+from blocks.units import parse_bytes
 from blocks.objstore import open_store
 from query_gateway.auth import TenantAuth
 from query_gateway.engine import Engine, Limits
@@ -20,6 +22,18 @@ from query_gateway.metrics import GatewayMetrics
 
 app = typer.Typer(help="The store-gateway: serves blocks to Thanos Query (gRPC StoreAPI), Prometheus "
                        "remote-read and the Prometheus label/series HTTP API.", no_args_is_help=True)
+
+
+def _release_freed_memory() -> None:
+    """Make the RSS follow what queries hold, not what they held: Arrow's jemalloc pool gives
+    freed pages back at once (and the servers call query_gateway.memory.release after each
+    query)."""
+    import pyarrow as pa
+
+    try:
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:
+        pass
 
 
 @app.command("serve")
@@ -34,18 +48,27 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               max_query_range: Annotated[str, typer.Option(help="Per-request time-range limit, e.g. 400d ('0' = none).")] = "0",
               deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay; marked blocks are not read past half of it.")] = "48h",
               refresh: Annotated[str, typer.Option(help="How often block listings are refreshed.")] = "15s",
-              cache_blocks: Annotated[int, typer.Option(help="Block series tables kept in memory.")] = 256) -> None:
+              cache_blocks: Annotated[int, typer.Option(help="Block series tables kept in memory.")] = 256,
+              replay_cache: Annotated[str, typer.Option(help="Memory for replayed tier/raw samples of recent remote-read queries (blocks are immutable, so a dashboard's refresh reads nothing twice).")] = "96MiB",
+              file_cache_dir: Annotated[Optional[Path], typer.Option(help="Where copies of S3 block files are kept (default: a temp dir); a local bucket is read in place.")] = None,
+              file_cache_size: Annotated[str, typer.Option(help="Disk budget for those copies.")] = "8GiB",
+              remote_read_compression: Annotated[str, typer.Option(help="snappy: compress remote-read SAMPLES bodies (slow links); literal: snappy framing without compression (default: cheaper next to Prometheus).")] = "literal") -> None:
     """Serve until SIGTERM/SIGINT.
 
     Example: strata gateway serve --bucket s3://metrics --grpc-listen 127.0.0.1:10901 --http-listen 127.0.0.1:10902
     """
+    _release_freed_memory()
     store = open_store(load_store_config(bucket, config))
     limits = Limits(max_series, max_samples, 0 if max_query_range == "0" else parse_duration_ms(max_query_range))
+    if remote_read_compression not in ("snappy", "literal"):
+        raise InvalidInputError(f"--remote-read-compression must be snappy or literal, not {remote_read_compression!r}")
     engine = Engine(store, deletion_delay_ms=parse_duration_ms(deletion_delay),
-                    refresh_s=parse_duration_ms(refresh) / 1000, limits=limits, cache_blocks=cache_blocks)
+                    refresh_s=parse_duration_ms(refresh) / 1000, limits=limits, cache_blocks=cache_blocks,
+                    cache_dir=str(file_cache_dir) if file_cache_dir else None,
+                    cache_bytes=parse_bytes(file_cache_size), replay_cache_bytes=parse_bytes(replay_cache))
     auth = TenantAuth.from_file(default_tenant, auth_tokens_file)
     metrics = GatewayMetrics(engine)
-    gw = Gateway(engine, auth, metrics)
+    gw = Gateway(engine, auth, metrics, compress_remote_read=remote_read_compression == "snappy")
     grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen)
     http_server, http_port = serve_http(gw, http_listen)
     store.list("_strata/index/")  # the bucket answers: ready

@@ -24,6 +24,8 @@ import numpy as np
 
 from blocks.tiers import thanos_aggregates
 from query_gateway.engine import Part
+from query_gateway.fastxor import encode_runs
+from query_gateway.wire import aggr_chunks_bytes, crc32c
 from query_gateway.xor import SAMPLES_PER_CHUNK, encode_xor
 
 COUNT, SUM, MIN, MAX, COUNTER = "count", "sum", "min", "max", "counter"
@@ -104,7 +106,8 @@ def aggr_samples(part: Part, aggr: str, lo: int = 0, hi: int | None = None) -> t
 
 
 def aggr_chunks(part: Part, aggrs: list[str], per_chunk: int = SAMPLES_PER_CHUNK) -> list[dict]:
-    """AggrChunk field dicts: {'min_time', 'max_time', 'raw'|aggr: xor bytes}."""
+    """AggrChunk field dicts {'min_time', 'max_time', 'raw'|aggr: xor bytes}, chunk by chunk in
+    pure Python: the test oracle of `series_chunks`."""
     out = []
     n = len(part.ts)
     for lo in range(0, n, per_chunk):
@@ -128,6 +131,74 @@ def aggr_chunks(part: Part, aggrs: list[str], per_chunk: int = SAMPLES_PER_CHUNK
     return out
 
 
+def series_chunks(part: Part, aggrs: list[str], per_chunk: int = SAMPLES_PER_CHUNK) -> bytes:
+    """A part's AggrChunks as the repeated `chunks` field of a thanos.Series, vectorised: the
+    same chunks as `aggr_chunks` (raw: XOR chunks of 120 samples; tiers: 120 windows per chunk,
+    one XOR chunk per aggregate present)."""
+    n = len(part.ts)
+    if n == 0:
+        return b""
+    if part.resolution == 0:
+        enc = encode_runs(part.ts, part.columns["value"], per_chunk=per_chunk)
+        return aggr_chunks_bytes({"raw": enc}, enc[2], enc[3])
+    starts = np.arange(0, n, per_chunk, dtype=np.int64)
+    ends = np.minimum(starts + per_chunk, n)
+    ts = part.ts.astype(np.int64)
+    encoded: dict[str, tuple] = {}
+    mins, maxs = ts[starts], ts[ends - 1]
+    for a in aggrs:
+        if a == COUNTER:
+            got = _counter_runs(part, starts, ends)
+            if got is None:
+                continue
+            cts, cv, rs, re_ = got
+            encoded[a] = encode_runs(cts, cv, rs, re_, per_chunk=per_chunk + 2)
+            mins = np.minimum(mins, cts[rs])
+            continue
+        col = _col(part, _AGGR_COLUMN[a])
+        if col is None:
+            continue
+        encoded[a] = encode_runs(ts, np.asarray(col, dtype=np.float64), starts, ends, per_chunk=per_chunk)
+    if not encoded:
+        return b""
+    return aggr_chunks_bytes(encoded, mins, maxs)
+
+
+def _counter_runs(part: Part, starts: np.ndarray, ends: np.ndarray):
+    """Thanos's COUNTER samples of every chunk of windows, as one array of runs: per chunk, the
+    first raw sample, the running totals from it, and the true last value at the last window."""
+    first, last, inc = _col(part, "first"), _col(part, "last"), _col(part, "increase")
+    if first is None or last is None or inc is None:
+        return None
+    first, last, inc = (np.asarray(x, dtype=np.float64) for x in (first, last, inc))
+    first_ts = np.asarray(part.columns["first_ts"], dtype=np.int64)
+    ts = part.ts.astype(np.int64)
+    n = len(ts)
+    bd = np.zeros(n)
+    if n > 1:
+        bd[1:] = np.where(first[1:] >= last[:-1], first[1:] - last[:-1], first[1:])
+    bd[starts] = 0.0  # each chunk's totals start from its own first raw value
+    x = inc + bd
+    size = int(ends[0] - starts[0])  # every chunk but the last holds `size` windows
+    full = (n // size) * size
+    totals = np.empty(n)
+    # Row-wise cumsums add in exactly the order a per-chunk loop (aggr_samples) does.
+    totals[:full] = np.cumsum(x[:full].reshape(-1, size), axis=1).ravel()
+    totals[full:] = np.cumsum(x[full:])
+    totals += np.repeat(first[starts], ends - starts)
+    run_len = ends - starts + 2
+    run_starts = np.r_[0, np.cumsum(run_len)[:-1]].astype(np.int64)
+    out_ts = np.empty(int(run_len.sum()), dtype=np.int64)
+    out_v = np.empty(len(out_ts))
+    body = np.ones(len(out_ts), dtype=bool)
+    body[run_starts] = False
+    body[run_starts + run_len - 1] = False
+    out_ts[body], out_v[body] = ts, totals
+    out_ts[run_starts], out_v[run_starts] = first_ts[starts], first[starts]
+    out_ts[run_starts + run_len - 1], out_v[run_starts + run_len - 1] = ts[ends - 1], last[ends - 1]
+    return out_ts, out_v, run_starts, run_starts + run_len
+
+
 # ---- remote-read replay --------------------------------------------------------------------------
 
 
@@ -141,43 +212,82 @@ def _interleave(slots_ts: list[np.ndarray], slots_v: list[np.ndarray], keep: lis
 INTERPOLATE_MS = 240_000  # windows spanning more than PromQL's 5m lookback get samples this far apart
 LOOKBACK_MS = 300_000
 
+# Logical tier columns each replay mode reads (blocks.tiers.stored_for turns them into a projection).
+REPLAY_COLUMNS = {
+    "counter": ("first_ts", "last_ts", "first", "last", "resets", "reset_sum"),
+    "edges": ("first_ts", "last_ts", "first", "last"),
+    "max": ("max", "last"), "min": ("min", "last"), "sum": ("sum", "last"), "avg": ("sum", "count", "last"),
+    "count": ("count", "first_ts", "last_ts", "sum", "last"),
+}
+# Thanos aggregate -> the logical columns its chunks are built from.
+AGGR_COLUMNS = {COUNT: ("count",), SUM: ("sum",), MIN: ("min",), MAX: ("max",),
+                COUNTER: ("first_ts", "first", "last", "increase")}
 
-def _edges(part: Part, counter: bool) -> tuple[np.ndarray, np.ndarray]:
+
+_NONE = np.zeros(0, dtype=np.int64), np.zeros(0)
+
+
+def _edges(part: Part, counter: bool, spare: bool = False):
+    """Each window's true last sample; its true first sample too where needed: the part's first
+    window, every window of a tier longer than PromQL's lookback, and (rate-like functions) a
+    window whose counter dropped at or inside it, with two synthetic samples after the first so
+    that PromQL's own reset handling adds exactly the stored increase. Between windows, PromQL
+    then adds last-to-last deltas: the exact raw increase whenever nothing dropped.
+
+    With `spare`, also returns the first samples not emitted (ts, values): a query adds those
+    of the windows where its ranges start, so a range starting at a window edge sees the same
+    first raw sample as raw data does (see query_gateway.engine, `grid`)."""
     c = part.columns
     first_ts = np.asarray(c["first_ts"], dtype=np.int64)
     last_ts = np.asarray(c["last_ts"], dtype=np.int64)
     first = np.asarray(c["first"], dtype=np.float64)
     last = np.asarray(c["last"], dtype=np.float64)
+    n = len(last)
+    long_windows = n > 0 and int(part.resolution) > LOOKBACK_MS
     has_first = ~np.isnan(first) & (first_ts < last_ts)  # v1 gauges hold no first
     has_last = ~np.isnan(last)
+    need_first = np.zeros(n, dtype=bool)
+    if n:
+        need_first[0] = True
+    if long_windows:
+        need_first[:] = True
     if counter:
         resets = np.asarray(c["resets"], dtype=np.int64)
         reset_sum = np.asarray(c["reset_sum"], dtype=np.float64)
+        need_first[1:] |= first[1:] < last[:-1]  # a drop between two windows
         # f -> P -> z -> l: PromQL adds (P - f) + z (a reset to z) + (l - z) = l - f + reset_sum.
         synth = (resets > 0) & has_first & ~np.isnan(reset_sum) & (last_ts - first_ts >= 3)
+        need_first |= synth
         z = np.minimum(np.minimum(0.0, last), np.nextafter(reset_sum, -np.inf))
+        emit_first = has_first & need_first
+        spares = has_first & ~emit_first
         slots = ([first_ts, first_ts + 1, first_ts + 2, last_ts], [first, reset_sum, z, last],
-                 [has_first, synth, synth, has_last])
+                 [emit_first, synth, synth, has_last])
         from_ts, from_v = np.where(synth, first_ts + 2, first_ts), np.where(synth, z, first)
     else:
-        synth = np.zeros(len(first_ts), dtype=bool)
-        slots = ([first_ts, last_ts], [first, last], [has_first, has_last])
+        emit_first = has_first & need_first
+        spares = np.zeros(n, dtype=bool)
+        slots = ([first_ts, last_ts], [first, last], [emit_first, has_last])
         from_ts, from_v = first_ts, first
     ts, v = _interleave(*slots)
-    # Long windows (1h, 1d) also get evenly spaced samples on the line between their edges, so a
-    # range or an instant lookup that covers part of a window still finds samples (PromQL's
-    # lookback is 5m): exact where a range covers whole windows, a linear estimate inside one.
-    span = last_ts - from_ts
-    extra = np.where(has_first & has_last & (span > LOOKBACK_MS), (span + INTERPOLATE_MS - 1) // INTERPOLATE_MS - 1, 0)
-    if extra.any():
-        win = np.repeat(np.arange(len(extra)), extra)
-        j = np.arange(len(win)) - np.repeat(np.cumsum(extra) - extra, extra) + 1
-        frac = j / (extra[win] + 1)
-        its = from_ts[win] + (j * span[win]) // (extra[win] + 1)
-        iv = from_v[win] + frac * (last[win] - from_v[win])
-        ts, v = np.r_[ts, its], np.r_[v, iv]
-        order = np.argsort(ts, kind="stable")
-        ts, v = ts[order], v[order]
+    if long_windows:
+        # Long windows (1h, 1d) also get evenly spaced samples on the line between their edges,
+        # so a range or an instant lookup that covers part of a window still finds samples
+        # (PromQL's lookback is 5m): exact where a range covers whole windows, linear inside one.
+        span = last_ts - from_ts
+        extra = np.where(has_first & has_last & (span > LOOKBACK_MS),
+                         (span + INTERPOLATE_MS - 1) // INTERPOLATE_MS - 1, 0)
+        if extra.any():
+            win = np.repeat(np.arange(len(extra)), extra)
+            j = np.arange(len(win)) - np.repeat(np.cumsum(extra) - extra, extra) + 1
+            frac = j / (extra[win] + 1)
+            its = from_ts[win] + (j * span[win]) // (extra[win] + 1)
+            iv = from_v[win] + frac * (last[win] - from_v[win])
+            ts, v = np.r_[ts, its], np.r_[v, iv]
+            order = np.argsort(ts, kind="stable")
+            ts, v = ts[order], v[order]
+    if spare:
+        return ts, v, first_ts[spares], first[spares]
     return ts, v
 
 
@@ -194,6 +304,15 @@ def _expand_counts(part: Part) -> tuple[np.ndarray, np.ndarray]:
     ts = first_ts[win] + (k * span[win]) // denom
     avg = np.asarray(c["sum"], dtype=np.float64) / np.maximum(n, 1)
     return ts, np.where(np.isnan(avg), np.asarray(c["last"], dtype=np.float64), avg)[win]
+
+
+def replay_part(part: Part, func: str = ""):
+    """(ts, values, spare first ts, spare first values) of a tier part for remote-read: the
+    samples always sent, and (rate-like functions) each window's first sample that is sent only
+    where a query's range starts (query_gateway.engine)."""
+    if replay_mode(func) == "counter":
+        return _edges(part, True, spare=True)
+    return (*derived_samples(part, func), *_NONE)
 
 
 def derived_samples(part: Part, func: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -214,22 +333,5 @@ def derived_samples(part: Part, func: str = "") -> tuple[np.ndarray, np.ndarray]
     return ts, np.where(np.isnan(v), last, v)
 
 
-_CRC_TABLE = []
-for _i in range(256):
-    _c = _i
-    for _ in range(8):
-        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
-    _CRC_TABLE.append(_c)
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32 Castagnoli (the checksum of remote-read stream frames)."""
-    crc = 0xFFFFFFFF
-    table = _CRC_TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-__all__ = ["AGGR_BY_ENUM", "RAW_PREFERRED", "aggr_chunks", "aggr_samples", "counter_totals", "crc32c",
-           "derived_samples", "prefers_raw", "replay_mode"]
+__all__ = ["AGGR_BY_ENUM", "AGGR_COLUMNS", "REPLAY_COLUMNS", "RAW_PREFERRED", "aggr_chunks", "aggr_samples", "counter_totals", "crc32c",
+           "derived_samples", "prefers_raw", "replay_mode", "replay_part", "series_chunks"]

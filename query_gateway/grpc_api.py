@@ -1,29 +1,40 @@
-"""Thanos StoreAPI (`thanos.Store`) and Info API (`thanos.info.Info`) over gRPC."""
+"""Thanos StoreAPI (`thanos.Store`) and Info API (`thanos.info.Info`) over gRPC.
+
+`Series` streams: series are read batch by batch (`Engine.stream`) and each is sent as soon as
+its chunks are encoded, as pre-serialised bytes (query_gateway/wire.py), so memory is one batch
+and the first series leaves after the first (small) batch. A cancelled call stops reading.
+"""
 
 from __future__ import annotations
 
 import time
 from concurrent import futures
+from typing import Callable, Iterator
 
 import grpc
 
-from blocks.errors import InvalidInputError
+from blocks.errors import InvalidInputError, RetryableError
 from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
-from query_gateway.convert import AGGR_BY_ENUM, aggr_chunks
+from query_gateway.convert import AGGR_BY_ENUM, AGGR_COLUMNS, series_chunks
 from query_gateway.engine import Engine, LimitExceeded, parse_matchers
+from query_gateway.memory import release as release_memory
 from query_gateway.metrics import GatewayMetrics
-from query_gateway.pb import (
-    thanos_info_pb2, thanos_info_pb2_grpc, thanos_labels_pb2, thanos_store_pb2, thanos_store_pb2_grpc,
-    thanos_store_types_pb2,
-)
+from query_gateway.pb import thanos_info_pb2, thanos_info_pb2_grpc, thanos_store_pb2, thanos_store_types_pb2
+from query_gateway.wire import batch_response, labels_bytes, series_response, warning_response
 
-_CHUNK = thanos_store_types_pb2.Chunk
-THANOS_DEFAULT_TENANT = "default-tenant"
-INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)  # Thanos's --query.default-tenant-id default
+THANOS_DEFAULT_TENANT = "default-tenant"  # Thanos's --query.default-tenant-id default
+INT64_MAX, INT64_MIN = (1 << 63) - 1, -(1 << 63)
 
 
 def _meta(context) -> dict[str, str]:
     return {k.lower(): v for k, v in (context.invocation_metadata() or ())}
+
+
+_STATUS: list[tuple[type, grpc.StatusCode]] = [
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED), (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED), (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (RetryableError, grpc.StatusCode.UNAVAILABLE),
+]
 
 
 class _Base:
@@ -41,32 +52,41 @@ class _Base:
                 asked = None
         return self.auth.resolve(asked, md.get("authorization"))
 
+    def _abort(self, context, e: Exception) -> str:
+        for kind, code in _STATUS:
+            if isinstance(e, kind):
+                context.abort(code, str(e))
+        raise e
+
     def _run(self, api: str, context, fn):
         t0 = time.perf_counter()
         code = "OK"
         try:
             return fn(self._tenant(context))
-        except Unauthenticated as e:
-            code = "UNAUTHENTICATED"
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-        except Forbidden as e:
-            code = "PERMISSION_DENIED"
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(e))
-        except LimitExceeded as e:
-            code = "RESOURCE_EXHAUSTED"
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except InvalidInputError as e:
-            code = "INVALID_ARGUMENT"
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Exception as e:
+            code = next((c.name for k, c in _STATUS if isinstance(e, k)), "UNKNOWN")
+            self._abort(context, e)
         finally:
             self.metrics.observe(api, code, time.perf_counter() - t0)
 
+    def _stream(self, api: str, context, fn: Callable[[str], Iterator[bytes]]) -> Iterator[bytes]:
+        t0 = time.perf_counter()
+        code = "OK"
+        try:
+            yield from fn(self._tenant(context))
+        except Exception as e:
+            code = next((c.name for k, c in _STATUS if isinstance(e, k)), "UNKNOWN")
+            self._abort(context, e)
+        finally:
+            self.metrics.observe(api, code, time.perf_counter() - t0)
+            release_memory()
 
-class StoreService(_Base, thanos_store_pb2_grpc.StoreServicer):
-    """Series (server-streamed, one whole series per message, sorted), LabelNames, LabelValues."""
 
-    def Series(self, request, context):
-        def run(tenant: str):
+class StoreService(_Base):
+    """Series (server-streamed, series in label order), LabelNames, LabelValues."""
+
+    def Series(self, request, context) -> Iterator[bytes]:
+        def run(tenant: str) -> Iterator[bytes]:
             matchers = parse_matchers((m.name, int(m.type), m.value) for m in request.matchers)
             if not matchers:
                 raise InvalidInputError("no matchers given")
@@ -75,48 +95,48 @@ class StoreService(_Base, thanos_store_pb2_grpc.StoreServicer):
             # range-function window (query hints) bounds it further.
             hints = request.query_hints
             window = hints.range.millis if request.HasField("query_hints") and hints.HasField("range") else request.range
-            res = self.engine.select(tenant, matchers, request.min_time, request.max_time, window_ms=window,
-                                     max_resolution_ms=request.max_resolution_window, skip_data=request.skip_chunks)
+            columns = sorted({c for a in aggrs for c in AGGR_COLUMNS[a]})
+            stream = self.engine.stream(tenant, matchers, request.min_time, request.max_time, window_ms=window,
+                                        max_resolution_ms=request.max_resolution_window,
+                                        skip_data=request.skip_chunks, columns=columns)
             # Thanos turns any warning into an error under the ABORT strategy (the Ruler's default):
             # a coarser tier standing in is then logged and counted, never sent.
             abort = request.partial_response_disabled or \
                 request.partial_response_strategy == thanos_store_types_pb2.ABORT
-            if res.warnings:
-                self.metrics.tier_fallback("grpc_series", tenant, res, sent_as_warning=not abort)
-            out = [] if abort else [thanos_store_pb2.SeriesResponse(warning=w) for w in res.warnings]
-            batch: list = []
-            for s in res.series:
-                chunks = []
+            if stream.warnings:
+                self.metrics.tier_fallback("grpc_series", tenant, stream, sent_as_warning=not abort)
+                if not abort:
+                    yield from (warning_response(w) for w in stream.warnings)
+            per_message = max(1, request.response_batch_size)
+            batch: list[bytes] = []
+            n_series = n_samples = 0
+            for s in stream:
+                if not context.is_active():
+                    return  # the client went away: stop reading
+                body = labels_bytes(1, s.labels)
                 if not request.skip_chunks:
-                    for part in s.parts:
-                        for c in aggr_chunks(part, aggrs):
-                            ac = thanos_store_types_pb2.AggrChunk(min_time=c["min_time"], max_time=c["max_time"])
-                            for field in ("raw", "count", "sum", "min", "max", "counter"):
-                                if field in c:
-                                    getattr(ac, field).CopyFrom(_CHUNK(type=_CHUNK.XOR, data=c[field]))
-                            chunks.append(ac)
-                series = thanos_store_types_pb2.Series(
-                    labels=[thanos_labels_pb2.Label(name=k, value=v) for k, v in s.labels], chunks=chunks)
-                if request.response_batch_size > 1:  # Thanos's batchable server: N series per message
-                    batch.append(series)
-                    if len(batch) >= request.response_batch_size:
-                        out.append(_batch(batch))
+                    body += b"".join(series_chunks(part, aggrs) for part in s.parts)
+                n_series += 1
+                n_samples += s.samples()
+                if per_message > 1:  # Thanos's batchable server: N series per message
+                    batch.append(body)
+                    if len(batch) >= per_message:
+                        yield batch_response(batch)
                         batch = []
                 else:
-                    out.append(thanos_store_pb2.SeriesResponse(series=series))
+                    yield series_response(body, b"")
             if batch:
-                out.append(_batch(batch))
-            self.metrics.series.labels("grpc_series").inc(len(res.series))
-            self.metrics.samples.labels("grpc_series").inc(sum(x.samples() for x in res.series))
-            return out
+                yield batch_response(batch)
+            self.metrics.series.labels("grpc_series").inc(n_series)
+            self.metrics.samples.labels("grpc_series").inc(n_samples)
 
-        yield from self._run("grpc_series", context, run) or ()
+        yield from self._stream("grpc_series", context, run)
 
     def LabelNames(self, request, context):
         def run(tenant: str):
             matchers = parse_matchers((m.name, int(m.type), m.value) for m in request.matchers)
             start, end = _range(self.engine, tenant, request.start, request.end)
-            names = self.engine.label_names(tenant, matchers, start, end)
+            names = self.engine.label_names(tenant, matchers, start, end) if end >= start else []
             if request.limit > 0:
                 names = names[:request.limit]
             return thanos_store_pb2.LabelNamesResponse(names=names)
@@ -129,16 +149,12 @@ class StoreService(_Base, thanos_store_pb2_grpc.StoreServicer):
                 raise InvalidInputError("label name is empty")
             matchers = parse_matchers((m.name, int(m.type), m.value) for m in request.matchers)
             start, end = _range(self.engine, tenant, request.start, request.end)
-            values = self.engine.label_values(tenant, request.label, matchers, start, end)
+            values = self.engine.label_values(tenant, request.label, matchers, start, end) if end >= start else []
             if request.limit > 0:
                 values = values[:request.limit]
             return thanos_store_pb2.LabelValuesResponse(values=values)
 
         return self._run("grpc_label_values", context, run)
-
-
-def _batch(series: list) -> thanos_store_pb2.SeriesResponse:
-    return thanos_store_pb2.SeriesResponse(batch=thanos_store_types_pb2.SeriesBatch(series=series))
 
 
 def _range(engine: Engine, tenant: str, start: int, end: int) -> tuple[int, int]:
@@ -163,13 +179,30 @@ class InfoService(_Base, thanos_info_pb2_grpc.InfoServicer):
         return self._run("grpc_info", context, run)
 
 
+def _serialize(msg) -> bytes:
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
 def serve_grpc(engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, listen: str,
                workers: int = 8) -> tuple[grpc.Server, int]:
     """Start the gRPC server; returns (server, bound port)."""
+    from query_gateway import wire
+
+    wire.warm_up()  # compile the encoders before the first query
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          options=[("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.max_receive_message_length", 16 << 20)])
-    thanos_store_pb2_grpc.add_StoreServicer_to_server(StoreService(engine, auth, metrics), server)
+    store = StoreService(engine, auth, metrics)
+    req = thanos_store_pb2
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("thanos.Store", {
+        "Series": grpc.unary_stream_rpc_method_handler(store.Series, request_deserializer=req.SeriesRequest.FromString,
+                                                       response_serializer=_serialize),
+        "LabelNames": grpc.unary_unary_rpc_method_handler(
+            store.LabelNames, request_deserializer=req.LabelNamesRequest.FromString, response_serializer=_serialize),
+        "LabelValues": grpc.unary_unary_rpc_method_handler(
+            store.LabelValues, request_deserializer=req.LabelValuesRequest.FromString,
+            response_serializer=_serialize),
+    }),))
     thanos_info_pb2_grpc.add_InfoServicer_to_server(InfoService(engine, auth, metrics), server)
     port = server.add_insecure_port(listen)
     if port == 0:

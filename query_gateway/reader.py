@@ -1,14 +1,18 @@
-"""Block reads with DuckDB: matchers on series.parquet, then refs + time on samples.parquet.
+"""Block reads with DuckDB: matchers over cached series tables, samples of many blocks in one scan.
 
-Parquet files are exposed to DuckDB as pyarrow datasets, so DuckDB's filter pushdown reaches
-the Arrow scanner, which prunes row groups on the sorted `series_ref`/`ts` statistics and reads
-only the projected columns. Local-dir buckets are read straight from disk; S3 (and the memory
-store) through a pyarrow filesystem over the object-store interface, i.e. ranged GETs that the
-gateway's request and byte counters see.
+- Series: each block's series.parquet is read once and cached (labels, types, the label columns).
+  A query's matchers run in ONE DuckDB statement over the series tables of every block it
+  touches that has not answered those matchers before; answers are cached per (block, matchers),
+  so a dashboard's repeated queries pay no SQL for series at all.
+- Samples: ONE DuckDB statement per query batch reads every block of a tier segment through
+  DuckDB's native Parquet reader (projection, row-group pruning on the sorted `series_ref`/`ts`
+  statistics, parallel over both cores, Parquet metadata cached), from local files
+  (`query_gateway.filecache`: in place for a local-dir bucket, verified copies otherwise).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from typing import Sequence
@@ -16,76 +20,39 @@ from typing import Sequence
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from blocks.errors import ObjectNotFound
 from blocks.labels import METRIC_NAME, Labels
-from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key
+from blocks.layout import SAMPLES_FILE, SERIES_FILE
 from blocks.meta import BlockMeta, Resolution
-from blocks.objstore import LocalDirStore, ObjectStore, unwrap
-from blocks.reader import StoreFile, decode_raw
+from blocks.objstore import ObjectStore
+from query_gateway.fastxor import _jit
 from blocks.selectors import Matcher
-from blocks.series import column_label, label_column, series_labels
+from blocks.series import label_column, series_labels
+from query_gateway.filecache import LocalFiles
 
-
-class StoreFSHandler(pafs.FileSystemHandler):
-    """Read-only pyarrow filesystem over an ObjectStore (ranged GETs)."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, StoreFSHandler) and other.store is self.store
-
-    def __ne__(self, other) -> bool:
-        return not self == other
-
-    def get_type_name(self) -> str:
-        return "strata-objstore"
-
-    def normalize_path(self, path: str) -> str:
-        return path
-
-    def get_file_info(self, paths):
-        out = []
-        for p in paths:
-            try:
-                info = self.store.stat(p)
-                out.append(pafs.FileInfo(p, pafs.FileType.File, size=info.size))
-            except ObjectNotFound:
-                out.append(pafs.FileInfo(p, pafs.FileType.NotFound))
-        return out
-
-    def open_input_file(self, path: str):
-        return pa.PythonFile(StoreFile(self.store, path, self.store.stat(path).size), mode="r")
-
-    def open_input_stream(self, path: str):
-        return self.open_input_file(path)
-
-    def _read_only(self, *args, **kwargs):
-        raise OSError("the gateway's object-store filesystem is read-only")
-
-    get_file_info_selector = create_dir = delete_dir = delete_dir_contents = _read_only
-    delete_root_dir_contents = delete_file = move = copy_file = _read_only
-    open_output_stream = open_append_stream = _read_only
+_MAX_REF_RUNS = 32  # ref ranges pushed into the scan; beyond that, one covering range + exact filter
 
 
 class BlockReader:
-    """Series tables cached per block (LRU); samples read per query."""
+    """Series tables and match answers cached per block; samples read per query batch."""
 
-    def __init__(self, store: ObjectStore, *, cache_blocks: int = 256) -> None:
+    def __init__(self, store: ObjectStore, *, cache_blocks: int = 256, cache_dir: str | None = None,
+                 cache_bytes: int = 8 << 30, threads: int = 2) -> None:
         self.store = store
-        base = unwrap(store)
-        if isinstance(base, LocalDirStore):
-            self._fs, self._path = pafs.LocalFileSystem(), lambda key: str(base.path(key))
-        else:
-            self._fs, self._path = pafs.PyFileSystem(StoreFSHandler(store)), lambda key: key
-        self._series: OrderedDict[str, tuple[pa.Table, list[Labels]]] = OrderedDict()
+        self.files = LocalFiles(store, cache_dir, cache_bytes)
+        self._series: OrderedDict[str, tuple[pa.Table, list[Labels], list[str]]] = OrderedDict()
+        self._schemas: dict[str, tuple[str, ...]] = {}
+        self._matches: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_blocks = cache_blocks
         self._lock = threading.Lock()
-        self._db = duckdb.connect(":memory:")
+        # DuckDB's own memory stays small: results stream out as Arrow batch by batch.
+        # and its allocator hands freed memory back instead of keeping up to 128 MB/512 MB cached.
+        self._db = duckdb.connect(":memory:", config={"threads": threads, "enable_object_cache": True,
+                                                      "memory_limit": "128MB", "allocator_flush_threshold": "8MB",
+                                                      "allocator_bulk_deallocation_flush_threshold": "8MB"})
         self._local = threading.local()
+        self.statements = 0  # DuckDB statements run (tests and the bench watch it)
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _con(self) -> duckdb.DuckDBPyConnection:
@@ -94,9 +61,10 @@ class BlockReader:
             con = self._local.con = self._db.cursor()
         return con
 
-    def _dataset(self, meta: BlockMeta, name: str) -> ds.Dataset:
-        return ds.dataset(self._path(block_file_key(meta.tenant, meta.ulid, name)), filesystem=self._fs,
-                          format="parquet")
+    def _sql(self, sql: str, params=None) -> pa.Table:
+        with self._lock:
+            self.statements += 1
+        return _arrow(self._con().sql(sql, params=params))
 
     @property
     def blocks_loaded(self) -> int:
@@ -105,32 +73,81 @@ class BlockReader:
 
     def series_table(self, meta: BlockMeta) -> tuple[pa.Table, list[Labels]]:
         """(series.parquet, label sets in ref order) of a block, cached."""
+        table, labels, _ = self._series_entry(meta)
+        return table, labels
+
+    def _series_entry(self, meta: BlockMeta) -> tuple[pa.Table, list[Labels], list[str]]:
         with self._lock:
             hit = self._series.get(meta.ulid)
             if hit is not None:
                 self._series.move_to_end(meta.ulid)
                 return hit
-        table = self._dataset(meta, SERIES_FILE).to_table()
-        value = (table, series_labels(table))
+        table = pq.read_table(self.files.path(meta, SERIES_FILE))
+        value = (table, series_labels(table), table.column("metric_type").to_pylist())
         with self._lock:
             self._series[meta.ulid] = value
             while len(self._series) > self._cache_blocks:
-                self._series.popitem(last=False)
+                old, _ = self._series.popitem(last=False)
+                self._schemas.pop(old, None)
         return value
+
+    def metric_types(self, meta: BlockMeta) -> list[str]:
+        """metric_type per ref."""
+        return self._series_entry(meta)[2]
+
+    def labels(self, meta: BlockMeta) -> list[Labels]:
+        """Label sets per ref."""
+        return self._series_entry(meta)[1]
 
     # ---- series --------------------------------------------------------------------------------
     def match(self, meta: BlockMeta, matchers: Sequence[Matcher]) -> list[tuple[int, Labels]]:
-        """(series_ref, labels) of the block's series matching every matcher (Prometheus semantics:
-        anchored RE2 regexes, an absent label equals "")."""
-        table, labels = self.series_table(meta)
-        cols = set(table.column_names)
+        """(series_ref, labels) of the block's series matching every matcher."""
+        refs = self.match_blocks([meta], matchers)[meta.ulid]
+        labels = self.labels(meta)
+        return [(int(r), labels[int(r)]) for r in refs]
+
+    def match_blocks(self, metas: Sequence[BlockMeta], matchers: Sequence[Matcher]) -> dict[str, np.ndarray]:
+        """Refs matching every matcher (Prometheus semantics: anchored RE2 regexes, an absent label
+        equals "") per block, sorted; one DuckDB statement for all blocks not answered before."""
+        key = tuple((m.name, m.op, m.value) for m in matchers)
+        out: dict[str, np.ndarray] = {}
+        todo = []
+        with self._lock:
+            for meta in metas:
+                hit = self._matches.get((meta.ulid, key))
+                if hit is None:
+                    todo.append(meta)
+                else:
+                    self._matches.move_to_end((meta.ulid, key))
+                    out[meta.ulid] = hit
+        if todo:
+            names = {m.name for m in matchers if m.name != METRIC_NAME}
+            parts = []
+            for i, meta in enumerate(todo):
+                table = self._series_entry(meta)[0]
+                cols = {"b": pa.array(np.full(table.num_rows, i, dtype=np.int32)),
+                        "series_ref": table.column("series_ref"), "metric_name": table.column("metric_name")}
+                for n in names:
+                    col = label_column(n)
+                    cols[_safe(n)] = table.column(col) if col in table.column_names else pa.nulls(table.num_rows,
+                                                                                                 pa.string())
+                parts.append(pa.table(cols))
+            found = self._run_match(pa.concat_tables(parts), matchers)
+            b = found.column("b").to_numpy()
+            refs = found.column("series_ref").to_numpy().astype(np.int64)
+            with self._lock:
+                for i, meta in enumerate(todo):
+                    got = np.sort(refs[b == i])
+                    out[meta.ulid] = got
+                    self._matches[(meta.ulid, key)] = got
+                while len(self._matches) > 64 * self._cache_blocks:
+                    self._matches.popitem(last=False)
+        return out
+
+    def _run_match(self, table: pa.Table, matchers: Sequence[Matcher]) -> pa.Table:
         where, params = [], []
         for m in matchers:
-            if m.name == METRIC_NAME:
-                expr = '"metric_name"'
-            else:
-                col = label_column(m.name)
-                expr = f'coalesce("{col}", \'\')' if col in cols else "''"
+            expr = '"metric_name"' if m.name == METRIC_NAME else f'coalesce("{_safe(m.name)}", \'\')'
             if m.op == "=":
                 where.append(f"{expr} = ?")
             elif m.op == "!=":
@@ -143,49 +160,144 @@ class BlockReader:
                 raise ValueError(f"unknown matcher op {m.op!r}")
             params.append(m.value)
         con = self._con()
-        con.register("series_t", table.select(["series_ref", "metric_name"] + [c for c in table.column_names
-                                                                                if column_label(c) is not None]))
+        con.register("series_t", table)
         try:
-            sql = "SELECT series_ref FROM series_t" + (" WHERE " + " AND ".join(where) if where else "")
-            refs = _arrow(con.sql(sql + " ORDER BY series_ref", params=params)).column(0).to_numpy()
+            return self._sql("SELECT b, series_ref FROM series_t" + (" WHERE " + " AND ".join(where) if where else ""),
+                             params)
         finally:
             con.unregister("series_t")
-        return [(int(r), labels[int(r)]) for r in refs]
-
-    def metric_types(self, meta: BlockMeta) -> list[str]:
-        """metric_type per ref."""
-        return self.series_table(meta)[0].column("metric_type").to_pylist()
 
     # ---- samples -------------------------------------------------------------------------------
+    def _columns(self, meta: BlockMeta, path: str) -> tuple[str, ...]:
+        cols = self._schemas.get(meta.ulid)
+        if cols is None:
+            cols = tuple(pq.read_schema(path).names)
+            self._schemas[meta.ulid] = cols
+        return cols
+
     def read(self, meta: BlockMeta, refs: Sequence[int], start: int, end: int) -> pa.Table:
         """Rows of `refs` with start <= ts < end, sorted by (series_ref, ts); raw values decoded,
         tier rows as stored (decode with blocks.tiers.decode_windows)."""
-        if not refs:
-            return pa.table({"series_ref": pa.array([], pa.uint32()), "ts": pa.array([], pa.int64())})
-        dataset = self._dataset(meta, SAMPLES_FILE)
-        names = dataset.schema.names
-        if meta.resolution == Resolution.RAW:
-            want = [c for c in ("value", "value_mantissa", "value_scale") if c in names]
+        return self.read_blocks([(meta, np.asarray(refs, dtype=np.int64))], start, end)[0]
+
+    def read_blocks(self, items: Sequence[tuple[BlockMeta, np.ndarray]], start: int, end: int,
+                    columns: Sequence[str] | None = None) -> list[pa.Table]:
+        """For each (block, sorted refs): its rows of those refs with start <= ts < end, sorted by
+        (series_ref, ts); raw values decoded. See `read_many`."""
+        table, bounds = self.read_many(items, start, end, columns)
+        return [table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(len(items))]
+
+    def read_many(self, items: Sequence[tuple[BlockMeta, np.ndarray]], start: int, end: int,
+                  columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
+        """(rows, bounds): block i's rows of its refs with start <= ts < end are rows
+        bounds[i]:bounds[i+1], sorted by (series_ref, ts); raw values decoded, tier columns as
+        stored. All blocks of one resolution and format. ONE DuckDB statement: a multi-file
+        `read_parquet` scan (parallel, metadata cached) pruned by the union of the ref ranges and
+        the time range; each block's exact refs are kept afterwards. `columns`: the stored tier
+        columns to read (default all)."""
+        items = [(m, np.asarray(r, dtype=np.int64)) for m, r in items]
+        raw = bool(items) and items[0][0].resolution == Resolution.RAW
+        live = [(i, m, r) for i, (m, r) in enumerate(items) if len(r)]
+        if not live:
+            return _empty(raw), np.zeros(len(items) + 1, dtype=np.int64)
+        paths = [self.files.path(m, SAMPLES_FILE) for _, m, _ in live]
+        names = [self._columns(m, p) for (_, m, _), p in zip(live, paths)]
+        if len(set(names)) > 1:  # e.g. raw blocks with and without mantissas: one scan per layout
+            return self._read_by_layout(items, live, names, start, end, columns)
+        if raw:  # decoded in the scan, bit-exact (blocks/FORMAT.md: exact operands, one rounding)
+            cols = _RAW_DECODE if "value_mantissa" in names[0] else "value"
         else:
-            want = [c for c in names if c not in ("series_ref", "ts")]
-        proj = ", ".join(f'"{c}"' for c in ["series_ref", "ts", *want])
-        con = self._con()
-        ref_table = pa.table({"ref": pa.array(sorted(set(refs)), pa.uint32())})
-        con.register("samples_t", dataset)
-        con.register("refs_t", ref_table)
-        try:
-            # The BETWEEN and ts bounds are pushed into the Arrow scanner (row-group pruning on
-            # the sorted columns); the semi-join keeps exactly the wanted refs.
-            out = _arrow(con.sql(
-                f"SELECT {proj} FROM samples_t WHERE series_ref BETWEEN $lo AND $hi AND ts >= $t0 AND ts < $t1 "
-                f"AND series_ref IN (SELECT ref FROM refs_t) ORDER BY series_ref, ts",
-                params={"lo": int(min(refs)), "hi": int(max(refs)), "t0": int(start), "t1": int(end)}))
-        finally:
-            con.unregister("samples_t")
-            con.unregister("refs_t")
-        if meta.resolution == Resolution.RAW:
-            return decode_raw(out)
-        return out
+            cols = ", ".join(f'"{c}"' for c in (columns or names[0]) if c not in ("series_ref", "ts"))
+        all_refs = np.unique(np.concatenate([r for _, _, r in live]))
+        files = ", ".join("'" + _quote(p) + "'" for p in paths)
+        table = self._sql(f"SELECT file_index, series_ref, ts, {cols} FROM read_parquet([{files}]) "
+                          f"WHERE ({_ref_ranges(all_refs)}) AND ts >= {int(start)} AND ts < {int(end)}")
+        fi = table.column("file_index").to_numpy().astype(np.int64)
+        refs_all = table.column("series_ref").to_numpy()
+        if len(fi) > 1 and not _is_sorted(fi, refs_all, table.column("ts").to_numpy()):
+            order = np.lexsort((table.column("ts").to_numpy(), refs_all, fi))
+            table = table.take(pa.array(order))
+            fi, refs_all = fi[order], refs_all[order]
+        keep = np.ones(len(fi), dtype=bool)
+        for k, (_, _, refs) in enumerate(live):
+            if not (len(refs) == len(all_refs) and _contiguous(refs)):
+                lo, hi = np.searchsorted(fi, [k, k + 1])
+                keep[lo:hi] = np.isin(refs_all[lo:hi], refs)
+        table = table.drop_columns(["file_index"])
+        if not keep.all():
+            table, fi = table.filter(pa.array(keep)), fi[keep]
+        per_live = np.searchsorted(fi, np.arange(len(live) + 1))
+        counts = np.zeros(len(items), dtype=np.int64)
+        for k, (i, _, _) in enumerate(live):
+            counts[i] = per_live[k + 1] - per_live[k]
+        return table, np.r_[0, np.cumsum(counts)]
+
+    def _read_by_layout(self, items, live, names, start, end, columns):
+        groups: dict[tuple, list[int]] = {}
+        for k, n in enumerate(names):
+            groups.setdefault(n, []).append(k)
+        parts: dict[int, pa.Table] = {}
+        for ks in groups.values():
+            sub = [items[live[k][0]] for k in ks]
+            table, bounds = self.read_many(sub, start, end, columns)
+            for j, k in enumerate(ks):
+                parts[live[k][0]] = table.slice(bounds[j], bounds[j + 1] - bounds[j])
+        tables = [parts[i] for i in sorted(parts)]
+        if len({tuple(t.schema.names) for t in tables}) > 1:  # tier v1 and v2 side by side
+            raise ValueError("blocks of different formats in one read")
+        counts = np.zeros(len(items), dtype=np.int64)
+        for i, t in parts.items():
+            counts[i] = t.num_rows
+        return pa.concat_tables(tables), np.r_[0, np.cumsum(counts)]
+
+
+_RAW_DECODE = ("coalesce(value, value_mantissa::DOUBLE / [" + ", ".join(f"1e{e}" for e in range(16)) +
+               "][value_scale + 1]) AS value")
+
+
+def _safe(label: str) -> str:
+    return "l_" + re.sub(r"[^A-Za-z0-9_]", "_", label) + f"_{abs(hash(label)) % 10**8}"
+
+
+def _quote(path: str) -> str:
+    return path.replace("'", "''")
+
+
+def _contiguous(refs: np.ndarray) -> bool:
+    return len(refs) == 0 or int(refs[-1]) - int(refs[0]) + 1 == len(refs)
+
+
+def _ref_ranges(refs: np.ndarray) -> str:
+    """`series_ref` ranges covering `refs` (sorted): its contiguous runs, merged to at most 32."""
+    cut = np.flatnonzero(np.diff(refs) > 1) + 1
+    lo, hi = np.r_[refs[0], refs[cut]], np.r_[refs[cut - 1], refs[-1]]
+    if len(lo) > _MAX_REF_RUNS:  # keep the widest gaps as separators, merge across the others
+        gaps = lo[1:] - hi[:-1]
+        sep = np.sort(np.argsort(gaps, kind="stable")[::-1][:_MAX_REF_RUNS - 1])
+        lo, hi = np.r_[lo[0], lo[sep + 1]], np.r_[hi[sep], hi[-1]]
+    return " OR ".join(f"series_ref BETWEEN {int(a)} AND {int(z)}" for a, z in zip(lo, hi))
+
+
+@_jit
+def _is_sorted(b, refs, ts):
+    """Rows strictly increasing by (b, series_ref, ts): DuckDB keeps a scan's file and row order."""
+    for i in range(1, len(b)):
+        if b[i] != b[i - 1]:
+            if b[i] < b[i - 1]:
+                return False
+        elif refs[i] != refs[i - 1]:
+            if refs[i] < refs[i - 1]:
+                return False
+        elif ts[i] <= ts[i - 1]:
+            return False
+    return True
+
+
+def _empty(raw: bool) -> pa.Table:
+    cols = {"series_ref": pa.array([], pa.uint32()), "ts": pa.array([], pa.int64())}
+    if raw:
+        cols["value"] = pa.array([], pa.float64())
+    return pa.table(cols)
 
 
 def _arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
@@ -196,7 +308,11 @@ def _arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
 
 def split_by_ref(table: pa.Table) -> dict[int, tuple[int, int]]:
     """ref -> (row offset, row count) of a table sorted by series_ref."""
-    refs = table.column("series_ref").to_numpy(zero_copy_only=False)
+    return split_by_ref_array(table.column("series_ref").to_numpy(zero_copy_only=False))
+
+
+def split_by_ref_array(refs: np.ndarray) -> dict[int, tuple[int, int]]:
+    """ref -> (offset, count) of sorted refs."""
     if len(refs) == 0:
         return {}
     starts = np.flatnonzero(np.r_[True, refs[1:] != refs[:-1]])

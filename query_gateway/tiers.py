@@ -89,20 +89,23 @@ def readable_blocks(metas: Iterable[BlockMeta], *, marks: Mapping[str, int] | No
 
 def choose_tiers(min_time: int, max_time: int, metas: Iterable[BlockMeta], *, step_ms: int = 0, window_ms: int = 0,
                  max_resolution_ms: int | None = None, marks: Mapping[str, int] | None = None, delay_ms: int = 0,
-                 now_ms: int = 0) -> TierPlan:
-    """Segments covering [min_time, max_time] (inclusive, as PromQL ranges are)."""
+                 now_ms: int = 0, already_readable: bool = False) -> TierPlan:
+    """Segments covering [min_time, max_time] (inclusive, as PromQL ranges are); pass
+    `already_readable` when `metas` is the output of readable_blocks."""
     wanted = wanted_resolution(step_ms=step_ms, window_ms=window_ms, max_resolution_ms=max_resolution_ms)
     plan = TierPlan(wanted=wanted)
     end = max_time + 1
     if end <= min_time:
         return plan
-    blocks = [m for m in readable_blocks(metas, marks=marks, delay_ms=delay_ms, now_ms=now_ms)
-              if m.min_time < end and m.max_time > min_time]
+    usable = list(metas) if already_readable else readable_blocks(metas, marks=marks, delay_ms=delay_ms,
+                                                                   now_ms=now_ms)
+    blocks = [m for m in usable if m.min_time < end and m.max_time > min_time]
     cuts = sorted({min_time, end} | {t for m in blocks for t in (m.min_time, m.max_time) if min_time < t < end})
     coarser_used: dict[Resolution, list[tuple[int, int]]] = {}
     pieces: list[tuple[int, int, Resolution, dict[str, BlockMeta]]] = []
+    by_tier = {t: [m for m in blocks if m.resolution_ms == int(t)] for t in TIERS}
     for a, b in zip(cuts, cuts[1:]):
-        covering = {t: [m for m in blocks if m.resolution == t and m.min_time <= a and m.max_time >= b] for t in TIERS}
+        covering = {t: [m for m in by_tier[t] if m.min_time <= a and m.max_time >= b] for t in TIERS}
         fine = [t for t in TIERS if t <= wanted and covering[t]]
         if fine:
             tier = fine[-1]

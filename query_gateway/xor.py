@@ -232,3 +232,22 @@ def encode_chunks(ts: Sequence[int], values: Sequence[float],
     for i in range(0, len(ts), per_chunk):
         t = ts[i:i + per_chunk]
         yield int(t[0]), int(t[-1]), encode_xor(t, values[i:i + per_chunk])
+
+
+# ---- CRC-32C, pure Python: the test oracle of the serving path's google-crc32c ----------------------
+
+_CRC_TABLE = []
+for _i in range(256):
+    _c = _i
+    for _ in range(8):
+        _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
+    _CRC_TABLE.append(_c)
+
+
+def crc32c_py(data: bytes) -> int:
+    """CRC-32 Castagnoli (the checksum of remote-read stream frames), byte by byte."""
+    crc = 0xFFFFFFFF
+    table = _CRC_TABLE
+    for b in data:
+        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF

@@ -329,9 +329,9 @@ def test_remote_read_streamed_chunks_and_samples(bucket, gateway):
         assert [t for t, _ in samples] == raw[lab][0].tolist()
         assert np.array_equal(np.array([v for _, v in samples]), raw[lab][1])
 
-    # SAMPLES with rate hints over a long step: served from 5m windows replayed as their true
-    # first and last raw samples (plus two synthetic samples per window with a reset), so
-    # PromQL's reset-aware increase over them is the raw increase and every window edge is real.
+    # SAMPLES with rate hints over a long step: served from 5m windows replayed as their true last
+    # raw samples (plus the true first where the counter dropped, and two synthetic samples per
+    # window with a reset inside), so PromQL's reset-aware increase over them is the raw increase.
     _, data = post(f"{url}/api/v1/read", read_request([("__name__", "req_total")], 0, D - 1,
                                                       hints={"step_ms": H, "range_ms": H, "func": "rate"}))
     resp = prom_remote_pb2.ReadResponse.FromString(bytes(cramjam.snappy.decompress_raw(data)))
@@ -339,8 +339,11 @@ def test_remote_read_streamed_chunks_and_samples(bucket, gateway):
     samples = [(s.timestamp, s.value) for s in ts.samples]
     ts_raw, vs_raw = raw[(("__name__", "req_total"), ("job", "a"))]
     real = dict(zip(ts_raw.tolist(), vs_raw.tolist()))
-    # Both resets of req_total fall on 5m boundaries (between windows): two real edges per window.
-    assert len(samples) == 2 * D // 300_000
+    # Both resets of req_total fall on 5m boundaries (between windows): each window's last, the
+    # first window's first, the first sample after each of the two drops, and the first sample of
+    # every window where a range of the query starts (hints: start 0, step 1h: every hour; hour 0
+    # and hour 10, a drop, are counted already).
+    assert len(samples) == D // 300_000 + 1 + 2 + (24 - 2)
     assert [t for t, _ in samples] == sorted({t for t, _ in samples})
     assert all(real.get(t) == v for t, v in samples)
     assert raw_increase(np.array([v for _, v in samples])) == pytest.approx(raw_increase(vs_raw), rel=1e-12)

@@ -55,9 +55,9 @@ def test_counter_replay_table():
     ts = [0, 60_000, 120_000, 180_000, 300_000, 360_000]
     vs = [10.0, 14.0, 3.0, 5.0, 6.0, 9.0]
     got_ts, got_v = derived_samples(part_of(ts, vs), "rate")
-    # f=10 -> P=14 (the value before the drop) -> z=0 -> l=5, then 6 -> 9: all true edges kept.
-    assert got_ts.tolist() == [0, 1, 2, 180_000, 300_000, 360_000]
-    assert got_v.tolist() == [10.0, 14.0, 0.0, 5.0, 6.0, 9.0]
+    # f=10 -> P=14 (the value before the drop) -> z=0 -> l=5, then the next window's last, 9.
+    assert got_ts.tolist() == [0, 1, 2, 180_000, 360_000]
+    assert got_v.tolist() == [10.0, 14.0, 0.0, 5.0, 9.0]
     assert promql_increase(got_v) == promql_increase(vs) == 4 + 3 + 2 + 1 + 3
 
 
@@ -71,7 +71,10 @@ def test_other_modes_table():
     cts, _ = derived_samples(p, "count_over_time")
     assert cts.tolist() == [0, 60_000, 120_000, 300_000]  # count samples per window, spread over its span
     ets, ev = derived_samples(p, "")
-    assert ets.tolist() == [0, 120_000, 300_000] and ev.tolist() == [1.0, 4.0, 2.0]  # true first/last samples
+    assert ets.tolist() == [0, 120_000, 300_000] and ev.tolist() == [1.0, 4.0, 2.0]  # true samples
+    # A drop between windows keeps the later window's first sample, so PromQL sees the reset.
+    dts, dv = derived_samples(part_of([0, 60_000, 300_000, 360_000], [5.0, 8.0, 2.0, 3.0]), "rate")
+    assert dts.tolist() == [0, 60_000, 300_000, 360_000] and promql_increase(dv) == 3 + 2 + 1
 
 
 @st.composite
@@ -116,15 +119,16 @@ def test_counter_replay_joins_raw_without_a_seam(series, res, cut_at):
     assert np.all(np.diff(np.r_[rts, ts[after & ok]]) > 0)
     want = promql_increase(vs[ok])
     assert math.isclose(promql_increase(joined), want, rel_tol=1e-9, abs_tol=1e-9)
-    # Every window's true first and last raw samples are replayed as they are; anything else
-    # (the reset pair, points on the line of a long window) lies strictly inside a window.
+    # Every window's true last raw sample is replayed (and the first window's first); anything
+    # else (the reset pair, points on the line of a long window) lies strictly inside a window.
     bts, bvs = ts[before & ok], vs[before & ok]
     win = bts // res
     replayed = dict(zip(rts.tolist(), rv.tolist()))
+    if len(bts):
+        assert replayed[int(bts[0])] == real[int(bts[0])]
     for w in np.unique(win):
         t_in = bts[win == w]
-        for t in (t_in[0], t_in[-1]):
-            assert replayed[int(t)] == real[int(t)]
+        assert replayed[int(t_in[-1])] == real[int(t_in[-1])]
         inner = [t for t in rts.tolist() if t // res == w and t not in real]
         assert all(t_in[0] < t < t_in[-1] for t in inner)
         if res == M5:

@@ -1,0 +1,30 @@
+"""Keeping the gateway's RSS near what its queries hold (glibc; a no-op elsewhere).
+
+Measured on the dashboard benchmark: after a big query glibc kept ~430 MB of freed heap that
+`malloc_trim` gives back in about a millisecond; the servers call `release` after every query
+and the engine between read batches. (A fixed low mmap threshold did as well for memory but
+made reads ~30 % slower: not used.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name or "libc.so.6")
+        lib.malloc_trim  # glibc only
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def release() -> None:
+    """Give freed heap memory back to the OS (after a query)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
