@@ -48,7 +48,8 @@ RAW_SCHEMA_FLOAT = pa.schema([
 class WriterOptions:
     """How blocks are written; defaults chosen by `make bench` measurements (see FORMAT.md)."""
 
-    row_group_rows: int = 262_144
+    row_group_rows: int = 65_536        # raw: a query's series range decompresses little else
+    tier_row_group_rows: int = 16_384   # tiers: rows are ~15x denser in time, so smaller groups
     zstd_level: int = 9
     value_encoding: str = "decimal"        # "decimal" (mantissa+scale, float fallback) | "float"
     float_encoding: str = "BYTE_STREAM_SPLIT"  # Parquet encoding of the float64 column
@@ -59,7 +60,7 @@ class WriterOptions:
             raise InvalidInputError(f"invalid value_encoding {self.value_encoding!r}")
         if self.float_encoding not in ("PLAIN", "BYTE_STREAM_SPLIT"):
             raise InvalidInputError(f"invalid float_encoding {self.float_encoding!r}")
-        if self.row_group_rows < 1024:
+        if self.row_group_rows < 1024 or self.tier_row_group_rows < 1024:
             raise InvalidInputError("row_group_rows must be at least 1024")
 
 
@@ -164,6 +165,7 @@ def write_block(store: ObjectStore, spec: BlockSpec, series: Sequence[Labels], t
         pq.write_table(series_table, scratch / SERIES_FILE, compression="zstd",
                        compression_level=options.zstd_level, store_schema=False)
         check = _OrderCheck(len(series), spec.min_time, spec.max_time)
+        group_rows = options.row_group_rows if spec.resolution == Resolution.RAW else options.tier_row_group_rows
         rows = samples = 0
         writer = None
         pending: list[pa.Table] = []
@@ -171,10 +173,10 @@ def write_block(store: ObjectStore, spec: BlockSpec, series: Sequence[Labels], t
 
         def flush(final: bool) -> None:
             nonlocal pending, pending_rows
-            while pending_rows >= options.row_group_rows or (final and pending_rows):
+            while pending_rows >= group_rows or (final and pending_rows):
                 t = pa.concat_tables(pending)
-                take = t.slice(0, options.row_group_rows)
-                writer.write_table(take, row_group_size=options.row_group_rows)
+                take = t.slice(0, group_rows)
+                writer.write_table(take, row_group_size=group_rows)
                 rest = t.slice(take.num_rows)
                 pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
 

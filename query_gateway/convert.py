@@ -135,6 +135,8 @@ def series_chunks(part: Part, aggrs: list[str], per_chunk: int = SAMPLES_PER_CHU
     """A part's AggrChunks as the repeated `chunks` field of a thanos.Series, vectorised: the
     same chunks as `aggr_chunks` (raw: XOR chunks of 120 samples; tiers: 120 windows per chunk,
     one XOR chunk per aggregate present)."""
+    if part.chunks is not None:  # raw data already as XOR chunks
+        return aggr_chunks_bytes({"raw": part.chunks}, part.chunks[2], part.chunks[3]) if len(part.chunks[2]) else b""
     n = len(part.ts)
     if n == 0:
         return b""
@@ -202,13 +204,6 @@ def _counter_runs(part: Part, starts: np.ndarray, ends: np.ndarray):
 # ---- remote-read replay --------------------------------------------------------------------------
 
 
-def _interleave(slots_ts: list[np.ndarray], slots_v: list[np.ndarray], keep: list[np.ndarray]):
-    ts = np.stack(slots_ts, axis=1).ravel()
-    v = np.stack(slots_v, axis=1).ravel()
-    k = np.stack(keep, axis=1).ravel()
-    return ts[k], v[k]
-
-
 INTERPOLATE_MS = 240_000  # windows spanning more than PromQL's 5m lookback get samples this far apart
 LOOKBACK_MS = 300_000
 
@@ -224,52 +219,91 @@ AGGR_COLUMNS = {COUNT: ("count",), SUM: ("sum",), MIN: ("min",), MAX: ("max",),
                 COUNTER: ("first_ts", "first", "last", "increase")}
 
 
-_NONE = np.zeros(0, dtype=np.int64), np.zeros(0)
+class Replay:
+    """Samples replayed from the windows of many parts at once, each sample tagged with its part.
+
+    `ts`, `values`, `part`: the samples always sent, sorted by (part, ts). `spare_*`: first samples
+    of windows that are sent only where a query range starts (rate-like functions)."""
+
+    __slots__ = ("ts", "values", "part", "spare_ts", "spare_values", "spare_part")
+
+    def __init__(self, ts, values, part, spare_ts=None, spare_values=None, spare_part=None) -> None:
+        self.ts, self.values, self.part = ts, values, part
+        empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
+        self.spare_ts = empty_i if spare_ts is None else spare_ts
+        self.spare_values = empty_f if spare_values is None else spare_values
+        self.spare_part = empty_i if spare_part is None else spare_part
+
+    def split(self, n_parts: int) -> list[tuple[np.ndarray, ...]]:
+        """Per part: (ts, values, spare ts, spare values)."""
+        b = np.searchsorted(self.part, np.arange(n_parts + 1))
+        sb = np.searchsorted(self.spare_part, np.arange(n_parts + 1))
+        return [(self.ts[b[i]:b[i + 1]], self.values[b[i]:b[i + 1]],
+                 self.spare_ts[sb[i]:sb[i + 1]], self.spare_values[sb[i]:sb[i + 1]]) for i in range(n_parts)]
 
 
-def _edges(part: Part, counter: bool, spare: bool = False):
-    """Each window's true last sample; its true first sample too where needed: the part's first
+def _interleave(slots, keep):
+    stacked = [np.stack(s, axis=1).ravel() for s in slots]
+    k = np.stack(keep, axis=1).ravel()
+    return [a[k] for a in stacked]
+
+
+def replay_windows(cols: dict[str, np.ndarray], part_start: np.ndarray, res_ms: int, func: str) -> Replay:
+    """Windows of many parts (rows grouped by part, `part_start` true at each part's first row)
+    replayed as remote-read samples for the PromQL function `func` (see the module docstring)."""
+    n = len(part_start)
+    pid = np.cumsum(part_start) - 1
+    mode = replay_mode(func)
+    if n == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return Replay(z, np.zeros(0), z)
+    if mode in ("counter", "edges"):
+        return _edges(cols, part_start, pid, res_ms, mode == "counter")
+    if mode == "count":
+        return _expand_counts(cols, pid)
+    ts = np.asarray(cols["ts"], dtype=np.int64)
+    last = np.asarray(cols["last"], dtype=np.float64)
+    if mode == "avg":
+        v = np.asarray(cols["sum"], dtype=np.float64) / np.asarray(cols["count"], dtype=np.float64)
+    else:
+        v = np.asarray(cols[mode], dtype=np.float64)
+    return Replay(ts, np.where(np.isnan(v), last, v), pid)
+
+
+def _edges(c, part_start, pid, res_ms: int, counter: bool) -> Replay:
+    """Each window's true last sample; its true first sample too where needed: a part's first
     window, every window of a tier longer than PromQL's lookback, and (rate-like functions) a
     window whose counter dropped at or inside it, with two synthetic samples after the first so
-    that PromQL's own reset handling adds exactly the stored increase. Between windows, PromQL
-    then adds last-to-last deltas: the exact raw increase whenever nothing dropped.
-
-    With `spare`, also returns the first samples not emitted (ts, values): a query adds those
-    of the windows where its ranges start, so a range starting at a window edge sees the same
-    first raw sample as raw data does (see query_gateway.engine, `grid`)."""
-    c = part.columns
+    that PromQL's own reset handling adds exactly the stored increase. Between windows PromQL then
+    adds last-to-last deltas: the exact raw increase whenever nothing dropped. The other first
+    samples are spares (Replay)."""
     first_ts = np.asarray(c["first_ts"], dtype=np.int64)
     last_ts = np.asarray(c["last_ts"], dtype=np.int64)
     first = np.asarray(c["first"], dtype=np.float64)
     last = np.asarray(c["last"], dtype=np.float64)
     n = len(last)
-    long_windows = n > 0 and int(part.resolution) > LOOKBACK_MS
+    long_windows = res_ms > LOOKBACK_MS
     has_first = ~np.isnan(first) & (first_ts < last_ts)  # v1 gauges hold no first
     has_last = ~np.isnan(last)
-    need_first = np.zeros(n, dtype=bool)
-    if n:
-        need_first[0] = True
-    if long_windows:
-        need_first[:] = True
+    need_first = part_start.copy() if not long_windows else np.ones(n, dtype=bool)
     if counter:
         resets = np.asarray(c["resets"], dtype=np.int64)
         reset_sum = np.asarray(c["reset_sum"], dtype=np.float64)
-        need_first[1:] |= first[1:] < last[:-1]  # a drop between two windows
+        need_first[1:] |= (first[1:] < last[:-1]) & ~part_start[1:]  # a drop between two windows
         # f -> P -> z -> l: PromQL adds (P - f) + z (a reset to z) + (l - z) = l - f + reset_sum.
         synth = (resets > 0) & has_first & ~np.isnan(reset_sum) & (last_ts - first_ts >= 3)
         need_first |= synth
         z = np.minimum(np.minimum(0.0, last), np.nextafter(reset_sum, -np.inf))
         emit_first = has_first & need_first
         spares = has_first & ~emit_first
-        slots = ([first_ts, first_ts + 1, first_ts + 2, last_ts], [first, reset_sum, z, last],
-                 [emit_first, synth, synth, has_last])
+        ts, v, p = _interleave(([first_ts, first_ts + 1, first_ts + 2, last_ts], [first, reset_sum, z, last],
+                                [pid, pid, pid, pid]), [emit_first, synth, synth, has_last])
         from_ts, from_v = np.where(synth, first_ts + 2, first_ts), np.where(synth, z, first)
     else:
         emit_first = has_first & need_first
         spares = np.zeros(n, dtype=bool)
-        slots = ([first_ts, last_ts], [first, last], [emit_first, has_last])
+        ts, v, p = _interleave(([first_ts, last_ts], [first, last], [pid, pid]), [emit_first, has_last])
         from_ts, from_v = first_ts, first
-    ts, v = _interleave(*slots)
     if long_windows:
         # Long windows (1h, 1d) also get evenly spaced samples on the line between their edges,
         # so a range or an instant lookup that covers part of a window still finds samples
@@ -278,22 +312,19 @@ def _edges(part: Part, counter: bool, spare: bool = False):
         extra = np.where(has_first & has_last & (span > LOOKBACK_MS),
                          (span + INTERPOLATE_MS - 1) // INTERPOLATE_MS - 1, 0)
         if extra.any():
-            win = np.repeat(np.arange(len(extra)), extra)
+            win = np.repeat(np.arange(n), extra)
             j = np.arange(len(win)) - np.repeat(np.cumsum(extra) - extra, extra) + 1
             frac = j / (extra[win] + 1)
             its = from_ts[win] + (j * span[win]) // (extra[win] + 1)
             iv = from_v[win] + frac * (last[win] - from_v[win])
-            ts, v = np.r_[ts, its], np.r_[v, iv]
-            order = np.argsort(ts, kind="stable")
-            ts, v = ts[order], v[order]
-    if spare:
-        return ts, v, first_ts[spares], first[spares]
-    return ts, v
+            ts, v, p = np.r_[ts, its], np.r_[v, iv], np.r_[p, pid[win]]
+            order = np.lexsort((ts, p))
+            ts, v, p = ts[order], v[order], p[order]
+    return Replay(ts, v, p, first_ts[spares], first[spares], pid[spares])
 
 
-def _expand_counts(part: Part) -> tuple[np.ndarray, np.ndarray]:
+def _expand_counts(c, pid) -> Replay:
     """`count` samples per window, spread over [first_ts, last_ts] (distinct: the raw ones were)."""
-    c = part.columns
     n = np.asarray(c["count"], dtype=np.int64)
     first_ts = np.asarray(c["first_ts"], dtype=np.int64)
     span = np.asarray(c["last_ts"], dtype=np.int64) - first_ts
@@ -303,35 +334,24 @@ def _expand_counts(part: Part) -> tuple[np.ndarray, np.ndarray]:
     denom = np.maximum(n - 1, 1)[win]
     ts = first_ts[win] + (k * span[win]) // denom
     avg = np.asarray(c["sum"], dtype=np.float64) / np.maximum(n, 1)
-    return ts, np.where(np.isnan(avg), np.asarray(c["last"], dtype=np.float64), avg)[win]
+    return Replay(ts, np.where(np.isnan(avg), np.asarray(c["last"], dtype=np.float64), avg)[win], pid[win])
 
 
-def replay_part(part: Part, func: str = ""):
-    """(ts, values, spare first ts, spare first values) of a tier part for remote-read: the
-    samples always sent, and (rate-like functions) each window's first sample that is sent only
-    where a query's range starts (query_gateway.engine)."""
-    if replay_mode(func) == "counter":
-        return _edges(part, True, spare=True)
-    return (*derived_samples(part, func), *_NONE)
+def replay_part(part: Part, func: str = "") -> tuple[np.ndarray, ...]:
+    """(ts, values, spare first ts, spare first values) of one part (see Replay)."""
+    if part.resolution == 0:
+        return (part.ts.astype(np.int64), np.asarray(part.columns["value"], dtype=np.float64),
+                np.zeros(0, dtype=np.int64), np.zeros(0))
+    start = np.zeros(len(part.ts), dtype=bool)
+    start[:1] = True
+    return replay_windows(part.columns, start, int(part.resolution), func).split(1)[0]
 
 
 def derived_samples(part: Part, func: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(ts, values) standing for a part in remote-read (see the module docstring)."""
-    if part.resolution == 0:
-        return part.ts.astype(np.int64), np.asarray(part.columns["value"], dtype=np.float64)
-    mode = replay_mode(func)
-    if mode in ("counter", "edges"):
-        return _edges(part, mode == "counter")
-    if mode == "count":
-        return _expand_counts(part)
-    ts = part.ts.astype(np.int64)
-    last = np.asarray(part.columns["last"], dtype=np.float64)
-    if mode == "avg":
-        v = np.asarray(part.columns["sum"], dtype=np.float64) / np.asarray(part.columns["count"], dtype=np.float64)
-    else:
-        v = np.asarray(part.columns[mode], dtype=np.float64)
-    return ts, np.where(np.isnan(v), last, v)
+    ts, v, _, _ = replay_part(part, func)
+    return ts, v
 
 
 __all__ = ["AGGR_BY_ENUM", "AGGR_COLUMNS", "REPLAY_COLUMNS", "RAW_PREFERRED", "aggr_chunks", "aggr_samples", "counter_totals", "crc32c",
-           "derived_samples", "prefers_raw", "replay_mode", "replay_part", "series_chunks"]
+           "derived_samples", "prefers_raw", "replay_mode", "replay_part", "replay_windows", "series_chunks", "Replay"]

@@ -25,15 +25,18 @@ from blocks.objstore import ObjectStore
 from blocks.reader import BlockListing, load_listing
 from blocks.selectors import Matcher
 from blocks.tiers import decode_logical, decode_windows, stored_for
+from query_gateway.fastxor import encode_runs
 from query_gateway.memory import release as release_memory
 from query_gateway.reader import BlockReader, split_by_ref_array
 from query_gateway.tiers import TierPlan, choose_tiers, readable_blocks
+from query_gateway.xor import SAMPLES_PER_CHUNK
 
 
 
-BATCH_SAMPLES = 1_000_000  # raw samples per read batch (tier windows weigh TIER_ROW_WEIGHT each)
-TIER_ROW_WEIGHT = 4  # a window read and decoded takes about 4x a raw sample's memory
-REPLAY_CACHE_BYTES = 96 << 20
+BATCH_SAMPLES = 750_000  # raw samples per read batch (tier windows weigh TIER_ROW_WEIGHT each)
+TIER_ROW_WEIGHT = 6  # a window read and decoded takes about 6x a raw sample's memory (projected, replayed)
+REPLAY_CACHE_BYTES = 64 << 20
+XOR_BYTES_PER_SAMPLE = 2  # a raw sample as a cached XOR chunk: ~1.4 bytes, plus chunk bookkeeping
 REPLAY_BYTES_PER_SAMPLE = 24  # a replayed sample in the cache: ts + value, plus a share of overheads
 
 
@@ -90,14 +93,24 @@ class Limits:
 
 @dataclass
 class Part:
-    """One contiguous piece of a series at one resolution."""
+    """One contiguous piece of a series at one resolution: samples or windows as columns, or (raw
+    data read with `raw_chunks`) Prometheus XOR chunks (buffer, offsets, min times, max times)."""
 
     resolution: Resolution
-    columns: dict[str, np.ndarray]  # always "ts"; raw: "value"; windows: blocks.tiers.LOGICAL_COLUMNS
+    columns: dict[str, np.ndarray]  # "ts"; raw: "value"; windows: blocks.tiers.LOGICAL_COLUMNS
+    chunks: tuple | None = None
 
     @property
     def ts(self) -> np.ndarray:
         return self.columns["ts"]
+
+    def samples(self) -> int:
+        """Samples (or windows) held."""
+        if self.chunks is not None:
+            buf, offsets = self.chunks[0], self.chunks[1]
+            heads = offsets[:-1]
+            return int(np.sum(buf[heads].astype(np.int64) * 256 + buf[heads + 1]))
+        return len(self.ts)
 
 
 @dataclass
@@ -109,7 +122,7 @@ class SeriesData:
     parts: list[Part] = field(default_factory=list)
 
     def samples(self) -> int:
-        return sum(len(p.ts) for p in self.parts)
+        return sum(p.samples() for p in self.parts)
 
 
 @dataclass
@@ -207,7 +220,7 @@ class Engine:
                window_ms: int = 0, max_resolution_ms: int | None = None, skip_data: bool = False,
                columns: Sequence[str] | None = None, replay: Callable[[Part], tuple] | None = None,
                replay_key: str = "", replay_columns: Sequence[str] = (),
-               grid: tuple[int, int] | None = None) -> "SeriesStream":
+               grid: tuple[int, int] | None = None, raw_chunks: bool = False) -> "SeriesStream":
         """The matching series in label order, read batch by batch as they are iterated: memory is
         one batch (about `batch_samples` samples), the first batch is small (fast first series).
 
@@ -216,12 +229,14 @@ class Engine:
         each block's replay is kept in the replay cache under `replay_key` (blocks are
         immutable), so a dashboard's repeated queries read and replay nothing twice. A replay
         may return spare first samples besides (ts, values); with `grid` = (first range start,
-        step) those of windows where a query range starts are added."""
+        step) those of windows where a query range starts are added. With `raw_chunks`, raw
+        parts come as XOR chunks (whole chunks overlapping the range, as Prometheus and Thanos
+        send them), kept per (block, series) in the same cache: a repeated query encodes nothing."""
         self.check_range(min_time, max_time)
         plan = self.plan(tenant, min_time, max_time, step_ms=step_ms, window_ms=window_ms,
                          max_resolution_ms=max_resolution_ms)
         return SeriesStream(self, plan, matchers, min_time, max_time, skip_data, columns=columns, replay=replay,
-                            replay_key=replay_key, replay_columns=replay_columns, grid=grid)
+                            replay_key=replay_key, replay_columns=replay_columns, grid=grid, raw_chunks=raw_chunks)
 
     def _check_series(self, n: int) -> None:
         if self.limits.max_series and n > self.limits.max_series:
@@ -259,9 +274,10 @@ class SeriesStream:
 
     def __init__(self, engine: Engine, plan: TierPlan, matchers: Sequence[Matcher], min_time: int, max_time: int,
                  skip_data: bool, *, columns: Sequence[str] | None = None, replay=None, replay_key: str = "",
-                 replay_columns: Sequence[str] = (), grid: tuple[int, int] | None = None) -> None:
+                 replay_columns: Sequence[str] = (), grid: tuple[int, int] | None = None,
+                 raw_chunks: bool = False) -> None:
         self.engine, self.plan = engine, plan
-        self.grid = grid
+        self.grid, self.raw_chunks = grid, raw_chunks
         self.columns, self.replay, self.replay_key = columns, replay, replay_key
         self.replay_columns = tuple(replay_columns)
         self.warnings = list(plan.warnings)
@@ -322,6 +338,83 @@ class SeriesStream:
         if batch:
             yield batch
 
+    def _count_in_range(self, si: int, ts: np.ndarray) -> None:
+        """Count what a read (of whole blocks, for the cache) holds inside the query's range."""
+        seg = self.plan.segments[si]
+        lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
+        self.samples_read += int(np.count_nonzero((ts >= lo) & (ts < hi)))
+        self.engine._check_samples(self.samples_read)
+
+    def _raw_chunk_parts(self, batch: list[Labels]) -> dict[tuple[int, int, int], tuple]:
+        """(segment, block, ref) -> XOR chunks of that series over the whole raw block: from the
+        cache, or read, encoded in one call for the whole batch, and cached."""
+        segs = self.plan.segments
+        cache = self.engine.replay_cache
+        got: dict[tuple[int, int, int], tuple] = {}
+        missing: dict[tuple[int, int], list[int]] = {}
+        for lab in batch:
+            for si, bi, r in self._entries[lab]:
+                if segs[si].resolution != Resolution.RAW:
+                    continue
+                hit = cache.get((segs[si].blocks[bi].ulid, r, "xor"))
+                if hit is None:
+                    missing.setdefault((si, bi), []).append(r)
+                else:
+                    got[(si, bi, r)] = hit
+        for si, seg in enumerate(segs):
+            keys = [k for k in missing if k[0] == si]
+            if not keys:
+                continue
+            items = [(seg.blocks[bi], np.array(sorted(missing[(si, bi)]), dtype=np.int64)) for _, bi in keys]
+            lo, hi = min(m.min_time for m, _ in items), max(m.max_time for m, _ in items)
+            table, bounds = self.engine.reader.read_many(items, lo, hi)
+            self._count_in_range(si, table.column("ts").to_numpy())
+            refs = table.column("series_ref").to_numpy(zero_copy_only=False)
+            row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
+            start = np.ones(len(refs), dtype=bool)
+            start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+            run_starts = np.flatnonzero(start)
+            run_ends = np.r_[run_starts[1:], len(refs)]
+            buf, offsets, mins, maxs = encode_runs(table.column("ts").to_numpy(), table.column("value").to_numpy(),
+                                                   run_starts, run_ends)
+            per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
+            c = np.r_[0, np.cumsum(per_run)]
+            keep = self.estimate * XOR_BYTES_PER_SAMPLE <= cache.max_bytes
+            for k, r0 in enumerate(run_starts):
+                bi = keys[int(row_block[r0])][1]
+                a, b = int(c[k]), int(c[k + 1])
+                value = (buf[offsets[a]:offsets[b]].copy(), offsets[a:b + 1] - offsets[a], mins[a:b].copy(),
+                         maxs[a:b].copy())
+                if keep:
+                    cache.put((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value)
+                got[(si, bi, int(refs[r0]))] = value
+        return got
+
+    def _chunk_part(self, si: int, entries: list[tuple]) -> Part:
+        """One raw segment's chunks of a series (its blocks' entries in order), cut to the chunks
+        overlapping the segment's part of the query range."""
+        seg = self.plan.segments[si]
+        lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
+        bufs, offs, mins, maxs = [], [], [], []
+        base = 0
+        for buf, o, mi, ma in entries:
+            sel = np.flatnonzero((ma >= lo) & (mi < hi))
+            if len(sel) == 0:
+                continue
+            a, b = int(sel[0]), int(sel[-1]) + 1
+            bufs.append(buf[o[a]:o[b]])
+            offs.append(o[a:b] - o[a] + base)
+            base += int(o[b] - o[a])
+            mins.append(mi[a:b])
+            maxs.append(ma[a:b])
+        if not bufs:
+            return Part(seg.resolution, {"ts": np.zeros(0, dtype=np.int64)}, (np.zeros(0, np.uint8),
+                                                                            np.zeros(1, np.int64),
+                                                                            np.zeros(0, np.int64),
+                                                                            np.zeros(0, np.int64)))
+        chunks = (np.concatenate(bufs), np.r_[np.concatenate(offs), base], np.concatenate(mins), np.concatenate(maxs))
+        return Part(seg.resolution, {"ts": chunks[2]}, chunks)
+
     def _replayed_batch(self, batch: list[Labels]) -> Iterator[SeriesData]:
         """Series of the batch as replayed samples: per (block, series) from the replay cache, or
         read (the block's whole range, projected to what the replay needs), replayed and cached."""
@@ -332,9 +425,12 @@ class SeriesStream:
         keep = self.estimate * REPLAY_BYTES_PER_SAMPLE <= cache.max_bytes
         got: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         missing: dict[tuple[int, int], list[int]] = {}
+        chunked = self._raw_chunk_parts(batch) if self.raw_chunks else {}
         for lab in batch:
             for si, bi, r in self._entries[lab]:
                 meta = segs[si].blocks[bi]
+                if self.raw_chunks and meta.resolution_ms == 0:
+                    continue
                 hit = cache.get((meta.ulid, r, self.replay_key if meta.resolution_ms else "raw"))
                 if hit is None:
                     missing.setdefault((si, bi), []).append(r)
@@ -352,28 +448,39 @@ class SeriesStream:
                 meta0 = sub[0][0]
                 cols = None if seg.resolution == Resolution.RAW else stored_for(self.replay_columns, meta0.version)
                 table, bounds = self.engine.reader.read_many(sub, lo, hi, cols)
-                self.samples_read += table.num_rows
+                self._count_in_range(si, table.column("ts").to_numpy())
                 if seg.resolution == Resolution.RAW:
                     arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
                 else:
                     arrays = decode_logical(table, meta0.resolution_ms, meta0.version, self.replay_columns)
                     arrays.pop("series_ref")
                 refs = table.column("series_ref").to_numpy(zero_copy_only=False)
-                for j, k in enumerate(group):
-                    meta, bi = items[k][0], keys[k][1]
-                    a, b = int(bounds[j]), int(bounds[j + 1])
-                    for ref, (off, n) in split_by_ref_array(refs[a:b]).items():
-                        part = Part(seg.resolution, {c: x[a + off:a + off + n] for c, x in arrays.items()})
-                        value = (part.ts.astype(np.int64), np.asarray(part.columns["value"], dtype=np.float64)) \
-                            if seg.resolution == Resolution.RAW else self.replay(part)
-                        if keep:
-                            cache.put((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
-                        got[(si, bi, ref)] = value
+                # parts: one per (block, series), in row order
+                row_block = np.repeat(np.arange(len(group)), np.diff(bounds))
+                part_start = np.ones(len(refs), dtype=bool)
+                part_start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+                first_rows = np.flatnonzero(part_start)
+                owners = [(items[group[int(row_block[r])]][0], keys[group[int(row_block[r])]][1], int(refs[r]))
+                          for r in first_rows]
+                if seg.resolution == Resolution.RAW:
+                    ends = np.r_[first_rows[1:], len(refs)]
+                    values = [(arrays["ts"][a:e].astype(np.int64), arrays["value"][a:e].astype(np.float64))
+                              for a, e in zip(first_rows, ends)]
+                else:
+                    values = self.replay(arrays, part_start, int(seg.resolution)).split(len(owners))
+                for (meta, bi, ref), value in zip(owners, values):
+                    if keep:
+                        cache.put((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
+                    got[(si, bi, ref)] = value
             self.engine._check_samples(self.samples_read)
         bounds = [(max(seg.start, self.min_time), min(seg.end, self.max_time + 1)) for seg in segs]
         for lab in batch:
             per_seg: dict[int, tuple[list, list]] = {}
+            chunk_seg: dict[int, list] = {}
             for si, bi, r in self._entries[lab]:
+                if (si, bi, r) in chunked:
+                    chunk_seg.setdefault(si, []).append(chunked[(si, bi, r)])
+                    continue
                 hit = got.get((si, bi, r))
                 if hit is None:
                     continue
@@ -389,7 +496,12 @@ class SeriesStream:
                 acc[0].append(rts)
                 acc[1].append(rv)
             out = SeriesData(lab, self._types[lab])
-            for si in sorted(per_seg):
+            for si in sorted(set(per_seg) | set(chunk_seg)):
+                if si in chunk_seg:
+                    part = self._chunk_part(si, chunk_seg[si])
+                    if len(part.chunks[2]):
+                        out.parts.append(part)
+                    continue
                 ts_list, v_list = per_seg[si]
                 pieces = [Part(Resolution.RAW, {"ts": t, "value": v}) for t, v in zip(ts_list, v_list) if len(t)]
                 if pieces:
@@ -405,7 +517,10 @@ class SeriesStream:
                 wanted.setdefault((si, bi), []).append(r)
         spans: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # (seg, block, ref) -> (seg, off, n)
         arrays_of: dict[int, dict[str, np.ndarray]] = {}
+        chunked = self._raw_chunk_parts(batch) if self.raw_chunks else {}
         for si, seg in enumerate(segs):
+            if self.raw_chunks and seg.resolution == Resolution.RAW:
+                continue
             keys = [k for k in wanted if k[0] == si]
             if not keys:
                 continue
@@ -437,14 +552,23 @@ class SeriesStream:
         for lab in batch:
             out = SeriesData(lab, self._types[lab])
             pieces: dict[int, list[Part]] = {}
+            chunk_seg: dict[int, list] = {}
             for si, bi, r in self._entries[lab]:
+                if (si, bi, r) in chunked:
+                    chunk_seg.setdefault(si, []).append(chunked[(si, bi, r)])
+                    continue
                 got = spans.get((si, bi, r))
                 if got is not None:
                     slot, off, n = got
                     pieces.setdefault(si, []).append(
                         Part(segs[si].resolution, {c: a[off:off + n] for c, a in arrays_of[slot].items()}))
-            for si in sorted(pieces):
-                out.parts.append(_merge_parts(pieces[si]))
+            for si in sorted(set(pieces) | set(chunk_seg)):
+                if si in chunk_seg:
+                    part = self._chunk_part(si, chunk_seg[si])
+                    if len(part.chunks[2]):
+                        out.parts.append(part)
+                else:
+                    out.parts.append(_merge_parts(pieces[si]))
             if out.parts:
                 yield out
 

@@ -98,7 +98,7 @@ class StoreService(_Base):
             columns = sorted({c for a in aggrs for c in AGGR_COLUMNS[a]})
             stream = self.engine.stream(tenant, matchers, request.min_time, request.max_time, window_ms=window,
                                         max_resolution_ms=request.max_resolution_window,
-                                        skip_data=request.skip_chunks, columns=columns)
+                                        skip_data=request.skip_chunks, columns=columns, raw_chunks=True)
             # Thanos turns any warning into an error under the ABORT strategy (the Ruler's default):
             # a coarser tier standing in is then logged and counted, never sent.
             abort = request.partial_response_disabled or \

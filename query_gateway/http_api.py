@@ -19,13 +19,14 @@ from blocks.cli_common import parse_time_ms
 from blocks.errors import InvalidInputError, RetryableError
 from blocks.selectors import parse_selector
 from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
-from query_gateway.convert import REPLAY_COLUMNS, derived_samples, prefers_raw, replay_mode, replay_part
-from query_gateway.engine import Engine, LimitExceeded, Matcher, parse_matchers
+from query_gateway.convert import REPLAY_COLUMNS, derived_samples, prefers_raw, replay_mode, replay_windows
+from query_gateway.engine import Engine, LimitExceeded, Matcher, SeriesData, parse_matchers
 from query_gateway.memory import release as release_memory
 from query_gateway.metrics import GatewayMetrics
 from query_gateway.pb import prom_remote_pb2
 from query_gateway.wire import (
-    Pieces, chunked_read_frame, labels_bytes, prom_chunk_groups, snappy_block, timeseries_bytes, uvarint,
+    Pieces, chunked_read_frame, labels_bytes, prom_chunk_groups, prom_chunk_groups_of, snappy_block,
+    timeseries_bytes, uvarint,
 )
 
 MAX_BODY = 32 << 20
@@ -231,8 +232,9 @@ def _handler(gw: Gateway):
                 st = gw.engine.stream(tenant, ms, q.start_timestamp_ms, q.end_timestamp_ms,
                                       step_ms=h.step_ms if h else 0, window_ms=h.range_ms if h else 0,
                                       max_resolution_ms=0 if prefers_raw(func) else None,
-                                      replay=lambda part, f=func: replay_part(part, f), replay_key=mode,
-                                      replay_columns=REPLAY_COLUMNS[mode], grid=grid)
+                                      replay=lambda cols, starts, res, f=func: replay_windows(cols, starts, res, f),
+                                      replay_key=mode, replay_columns=REPLAY_COLUMNS[mode], grid=grid,
+                                      raw_chunks=streamed)
                 if st.warnings:
                     gw.metrics.tier_fallback("remote_read", tenant, st, sent_as_warning=False)
                 results.append((st, func))
@@ -303,13 +305,16 @@ def _handler(gw: Gateway):
                 for s in st:
                     if self._client_gone():
                         return
-                    ts, vals = _samples_of(s, func)
-                    n += len(ts)
                     labels = labels_bytes(1, s.labels)
-                    # one frame per series, a big series split across frames of about 1 MiB
-                    for group in prom_chunk_groups(ts, vals, STREAM_FRAME_BYTES):
-                        payload = chunked_read_frame(qi, labels, group)
-                        self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                    n += s.samples()
+                    # frames of about 1 MiB: raw parts as read (XOR chunks), tier parts replayed
+                    for part in s.parts:
+                        groups = prom_chunk_groups_of(part.chunks, STREAM_FRAME_BYTES) if part.chunks is not None \
+                            else prom_chunk_groups(*_samples_of(SeriesData(s.labels, s.metric_type, [part]), func),
+                                                   STREAM_FRAME_BYTES)
+                        for group in groups:
+                            payload = chunked_read_frame(qi, labels, group)
+                            self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
             self.wfile.write(b"0\r\n\r\n")
             gw.metrics.samples.labels("remote_read_streamed").inc(n)
 

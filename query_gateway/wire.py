@@ -105,7 +105,7 @@ class Pieces:
     """Bytes written piece by piece: kept in memory up to `memory_bytes`, then spilled to a temp
     file (a big response never has to fit in memory). Use as a context manager."""
 
-    def __init__(self, memory_bytes: int = 32 << 20) -> None:
+    def __init__(self, memory_bytes: int = 16 << 20) -> None:
         self.memory_bytes = memory_bytes
         self.size = 0
         self._items: list[bytes] = []
@@ -224,9 +224,17 @@ def _chunk_ends(offsets, mins, maxs, limit):
 
 def prom_chunk_groups(ts: np.ndarray, values: np.ndarray, frame_bytes: int) -> list[bytes]:
     """XOR chunks of a series as ChunkedSeries `chunks` fields, grouped to about frame_bytes each."""
-    buf, offsets, mins, maxs = encode_runs(ts, values)
+    return prom_chunk_groups_of(encode_runs(ts, values), frame_bytes)
+
+
+def prom_chunk_groups_of(chunks: tuple, frame_bytes: int) -> list[bytes]:
+    """Already-encoded XOR chunks (buffer, offsets, min times, max times) as ChunkedSeries
+    `chunks` fields, grouped to about frame_bytes each."""
+    buf, offsets, mins, maxs = chunks
     out = []
     start = 0
+    if len(mins) == 0:
+        return out
     for end in _chunk_ends(offsets, mins, maxs, frame_bytes):
         o = offsets[start:end + 1] - offsets[start]
         b = buf[offsets[start]:offsets[end]]

@@ -148,9 +148,13 @@ def test_info_and_raw_series_match_the_block_sample_for_sample(bucket, gateway):
     # The counter's first reset sits exactly on a chunk boundary (sample 120).
     counter = got[0]
     assert decode_xor(counter.chunks[1].raw.data)[0][1] < decode_xor(counter.chunks[0].raw.data)[-1][1]
-    # A narrower range returns only its samples.
-    got, _ = series(stub, min_time=10 * STEP, max_time=20 * STEP, max_resolution_window=0)
-    assert [len(decode_xor(s.chunks[0].raw.data)) for s in got] == [11, 11, 11]
+    # A narrower range returns the whole chunks overlapping it, as Thanos's own stores do (the
+    # querier trims): every sample of the range, and nothing from chunks outside it.
+    got, _ = series(stub, min_time=130 * STEP, max_time=140 * STEP, max_resolution_window=0)
+    for s in got:
+        assert len(s.chunks) == 1 and (s.chunks[0].min_time, s.chunks[0].max_time) == (120 * STEP, 239 * STEP)
+        dec = decode_xor(s.chunks[0].raw.data)
+        assert [t for t, _ in dec if 130 * STEP <= t <= 140 * STEP] == list(range(130 * STEP, 141 * STEP, STEP))
 
 
 def thanos_counter_increase(chunks) -> float:
