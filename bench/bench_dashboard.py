@@ -270,12 +270,13 @@ remote_read:
         print("\ngRPC Series over 30 days (all node_cpu series):")
         grpc_rows = {}
         for label, res in (("raw", 0), ("5m", 300_000)):
-            g = grpc_series(gport, res, START_MS, end_ms - 1, [("__name__", "node_cpu_seconds_total")], gw.pid)
-            grpc_rows[label] = g
-            unit = "samples" if res == 0 else "windows"
-            print(f"  {label:3}: {g['series']} series, {g['samples']:,} {unit} in {g['wall_s']:.2f} s wall, "
-                  f"{g['gateway_cpu_s']:.2f} s gateway CPU -> {g['per_cpu_s'] / 1e6:.1f} M {unit}/s per core "
-                  f"({g['per_wall_s'] / 1e6:.1f} M/s wall); first series after {g['first_series_s'] * 1000:.0f} ms")
+            for when in ("cold", "warm"):  # cold: read + XOR-encode everything; warm: from the caches
+                g = grpc_series(gport, res, START_MS, end_ms - 1, [("__name__", "node_cpu_seconds_total")], gw.pid)
+                grpc_rows[f"{label}_{when}"] = g
+                unit = "samples" if res == 0 else "windows"
+                print(f"  {label:3} {when}: {g['series']} series, {g['samples']:,} {unit} in {g['wall_s']:.2f} s wall, "
+                      f"{g['gateway_cpu_s']:.2f} s gateway CPU -> {g['per_cpu_s'] / 1e6:.1f} M {unit}/s per core "
+                      f"({g['per_wall_s'] / 1e6:.1f} M/s wall); first series after {g['first_series_s'] * 1000:.0f} ms")
 
         print("\nremote-read STREAMED_XOR_CHUNKS, node_cpu_seconds_total, 30 days raw:")
         rr_p = [remote_read_streamed(holder_url, START_MS, end_ms, "node_cpu_seconds_total") for _ in range(3)]

@@ -49,7 +49,7 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay; marked blocks are not read past half of it.")] = "48h",
               refresh: Annotated[str, typer.Option(help="How often block listings are refreshed.")] = "15s",
               cache_blocks: Annotated[int, typer.Option(help="Block series tables kept in memory.")] = 256,
-              replay_cache: Annotated[str, typer.Option(help="Memory for replayed tier/raw samples of recent remote-read queries (blocks are immutable, so a dashboard's refresh reads nothing twice).")] = "64MiB",
+              replay_cache: Annotated[str, typer.Option(help="Memory for replayed tier/raw samples of recent remote-read queries (blocks are immutable, so a dashboard's refresh reads nothing twice).")] = "96MiB",
               file_cache_dir: Annotated[Optional[Path], typer.Option(help="Where copies of S3 block files are kept (default: a temp dir); a local bucket is read in place.")] = None,
               file_cache_size: Annotated[str, typer.Option(help="Disk budget for those copies.")] = "8GiB",
               remote_read_compression: Annotated[str, typer.Option(help="snappy: compress remote-read SAMPLES bodies (slow links); literal: snappy framing without compression (default: cheaper next to Prometheus).")] = "literal") -> None:

@@ -34,8 +34,8 @@ from query_gateway.xor import SAMPLES_PER_CHUNK
 
 
 BATCH_SAMPLES = 750_000  # raw samples per read batch (tier windows weigh TIER_ROW_WEIGHT each)
-TIER_ROW_WEIGHT = 6  # a window read and decoded takes about 6x a raw sample's memory (projected, replayed)
-REPLAY_CACHE_BYTES = 64 << 20
+TIER_ROW_WEIGHT = 4  # a window read and decoded takes about 4x a raw sample's memory (projected, replayed)
+REPLAY_CACHE_BYTES = 96 << 20
 XOR_BYTES_PER_SAMPLE = 2  # a raw sample as a cached XOR chunk: ~1.4 bytes, plus chunk bookkeeping
 REPLAY_BYTES_PER_SAMPLE = 24  # a replayed sample in the cache: ts + value, plus a share of overheads
 
