@@ -276,6 +276,40 @@ _RETRYABLE_CODES = {
 }
 
 
+def classify_s3_error(action: str, key: str, e: BaseException) -> StrataError:
+    """Every exception a boto3 call (or reading its response body) can raise, as the error family
+    that decides what happens next: ObjectNotFound, PreconditionFailed, RetryableError
+    (throttling, 5xx, connection resets, timeouts, truncated bodies: try again) or a permanent
+    StrataError (credentials, bad requests, 4xx: do not retry)."""
+    import botocore.exceptions as bexc
+
+    if isinstance(e, bexc.ClientError):
+        resp = getattr(e, "response", None) or {}
+        code = str((resp.get("Error") or {}).get("Code", ""))
+        status = int((resp.get("ResponseMetadata") or {}).get("HTTPStatusCode", 0) or 0)
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return ObjectNotFound(key)
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
+            return PreconditionFailed(key)
+        if code in _RETRYABLE_CODES or status >= 500 or status == 429 or status == 0:
+            return RetryableError(f"{action} {key}: S3 {code or status or 'no status'}")
+        return StrataError(f"{action} {key}: S3 {code or status}: {e}")
+    permanent = (bexc.NoCredentialsError, bexc.PartialCredentialsError, bexc.ParamValidationError,
+                 bexc.NoRegionError, bexc.UnknownServiceError)
+    if isinstance(e, permanent):
+        return StrataError(f"{action} {key}: {e}")
+    try:
+        import urllib3.exceptions as u3
+        transient_u3: tuple = (u3.HTTPError,)
+    except ImportError:  # pragma: no cover
+        transient_u3 = ()
+    # Connection refused/reset/closed, timeouts, a body cut short (ResponseStreamingError,
+    # IncompleteReadError), a proxy or TLS hiccup: all BotoCoreError or urllib3/OS errors.
+    if isinstance(e, (bexc.BotoCoreError, ConnectionError, TimeoutError, OSError) + transient_u3):
+        return RetryableError(f"{action} {key}: {type(e).__name__}: {e}")
+    return StrataError(f"{action} {key}: unexpected {type(e).__name__}: {e}")
+
+
 class S3Store:
     """S3 (or any S3-compatible server) through boto3; `prefix` scopes every key."""
 
@@ -288,23 +322,12 @@ class S3Store:
         return self.prefix + _check_key(key)
 
     def _call(self, action: str, key: str, fn: Callable[[], T]) -> T:
-        import botocore.exceptions as bexc
-
         try:
             return fn()
-        except bexc.ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise ObjectNotFound(key) from None
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict") or status in (409, 412):
-                raise PreconditionFailed(key) from None
-            if code in _RETRYABLE_CODES or status >= 500 or status == 429:
-                raise RetryableError(f"{action} {key}: S3 {code or status}") from e
-            raise StrataError(f"{action} {key}: S3 {code or status}: {e}") from e
-        except (bexc.EndpointConnectionError, bexc.ConnectionClosedError, bexc.ReadTimeoutError,
-                bexc.ConnectTimeoutError, bexc.ConnectionError) as e:
-            raise RetryableError(f"{action} {key}: {e}") from e
+        except StrataError:
+            raise
+        except Exception as e:
+            raise classify_s3_error(action, key, e) from e
 
     def get(self, key: str) -> bytes:
         return self._call("get", key, lambda: self.client.get_object(
@@ -319,7 +342,7 @@ class S3Store:
             try:
                 return self.client.get_object(Bucket=self.bucket, Key=self._k(key), Range=rng)["Body"].read()
             except Exception as e:  # an unsatisfiable range past the end is an empty read
-                if getattr(e, "response", {}).get("Error", {}).get("Code") == "InvalidRange":
+                if ((getattr(e, "response", None) or {}).get("Error") or {}).get("Code") == "InvalidRange":
                     return b""
                 raise
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from blocks.meta import BlockMeta
 from blocks.objstore import LocalDirStore, ObjectStore, unwrap
 
 CHUNK_BYTES = 8 << 20
+EVICT_GRACE_S = 60.0
 
 
 class LocalFiles:
@@ -50,8 +52,10 @@ class LocalFiles:
         local = self._dir / key
         with self._lock:
             if key in self._sizes:
-                self._sizes.move_to_end(key)
-                return str(local)
+                if local.exists():
+                    self._sizes.move_to_end(key)
+                    return str(local)
+                del self._sizes[key]  # removed behind our back (a tmp cleaner): fetch it again
             gate = self._fetching.setdefault(key, threading.Lock())
         with gate:  # one download per file, however many queries want it
             with self._lock:
@@ -81,10 +85,21 @@ class LocalFiles:
         self.fetched_bytes += size
 
     def _evict(self) -> None:
+        # Files used in the last minute stay (a running query may still open them): the budget
+        # can be exceeded briefly, never a file pulled from under a scan.
         total = sum(self._sizes.values())
-        while total > self._max and len(self._sizes) > 1:
-            key, size = self._sizes.popitem(last=False)
-            (self._dir / key).unlink(missing_ok=True)
+        now = time.time()
+        for key in list(self._sizes):
+            if total <= self._max:
+                break
+            path = self._dir / key
+            try:
+                if now - path.stat().st_atime < EVICT_GRACE_S and now - path.stat().st_mtime < EVICT_GRACE_S:
+                    continue
+            except OSError:
+                pass
+            size = self._sizes.pop(key)
+            path.unlink(missing_ok=True)
             total -= size
 
     @property
