@@ -164,7 +164,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                 scratch_dir: Annotated[Optional[Path], typer.Option(help="Scratch space for partitions and block files (an emptyDir).")] = None,
                 deletion_delay: Annotated[str, typer.Option(help="Marked blocks are removed after this delay.")] = "48h",
                 grace: Annotated[str, typer.Option(help="A range is closed this long after its end.")] = "1h",
-                lease_ttl: Annotated[str, typer.Option(help="A job's lease expires after this; keep it above the CronJob's activeDeadlineSeconds.")] = "6h",
+                lease_ttl: Annotated[str, typer.Option(help="A job's lease expires this long after its holder's last renewal (it renews every third of it while the job runs).")] = "2m",
                 metrics_textfile: Annotated[Optional[Path], typer.Option(help="Write the summary as Prometheus metrics to this file.")] = None,
                 pushgateway: Annotated[Optional[str], typer.Option(help="Push the summary metrics to this Pushgateway URL (job strata_compact).")] = None,
                 now: Annotated[Optional[str], typer.Option(help="Pretend it is this time (ms or ISO-8601); for tests and backfills.")] = None,
@@ -193,7 +193,8 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
         summary = run_once(store, now_ms, cfg, emit=emit)
     finally:
         stop()
-    code = EXIT_HALT if summary.halted else EXIT_RETRY if summary.retry else 0
+    # Work skipped because another live run held its lease is work left undone: 75, retry.
+    code = EXIT_HALT if summary.halted else EXIT_RETRY if summary.retry or summary.leased else 0
     if metrics_textfile is not None:
         tmp = metrics_textfile.with_suffix(metrics_textfile.suffix + ".tmp")
         tmp.write_text(metrics_text(summary, int(time.time() * 1000), code))

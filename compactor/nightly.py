@@ -7,8 +7,6 @@ overlapping runs never process a group twice; `shard`/`shards` split the work by
 
 from __future__ import annotations
 
-import os
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -21,7 +19,7 @@ from blocks.meta import BlockMeta
 from blocks.objstore import CountingStore
 from blocks.reader import list_block_ids, list_tenants, load_listing, load_meta
 from compactor.execute import ExecOptions, run_compact, run_downsample
-from compactor.lease import acquire, in_shard, release
+from compactor.lease import Heartbeat, acquire, in_shard, new_owner, release
 from compactor.planner import DAY_MS, CompactJob, DownsampleJob, plan_compaction, plan_downsampling
 from retention.apply import apply_plan, plan_retention
 from retention.policy import Policy
@@ -35,8 +33,8 @@ def _no_emit(event: str, **fields) -> None:
 
 
 def default_owner() -> str:
-    """Lease owner id of this process."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Lease owner id of this run (host, pid, run id)."""
+    return new_owner()
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class CompactorConfig:
     grace_ms: int = 3_600_000
     deletion_delay_ms: int = 48 * 3_600_000
     unfinished_grace_ms: int = 6 * 3_600_000
-    lease_ttl_ms: int = 6 * 3_600_000
+    lease_ttl_ms: int = 2 * 60_000  # renewed every third of it while a job runs
     owner: str = field(default_factory=default_owner)
     shard: int = 0
     shards: int = 1
@@ -65,6 +63,7 @@ class Summary:
     skipped: list[dict] = field(default_factory=list)
     halted: list[dict] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
+    leased: list[str] = field(default_factory=list)  # jobs another live run holds: retry later
     retention: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     newest_ms: dict[str, int] = field(default_factory=dict)  # resolution -> newest live block end, all tenants
@@ -162,16 +161,23 @@ def _with_lease(store, job_key: str, now_ms: int, cfg: CompactorConfig, s: Summa
     lease = acquire(store, job_key, cfg.owner, int(time.time() * 1000), cfg.lease_ttl_ms)
     if lease is None:
         s.skipped.append({"job": job_key, "reason": "leased by another compactor"})
+        s.leased.append(job_key)
         emit("skip", job=job_key, reason="leased")
         return
     try:
-        if not still_needed():
-            s.skipped.append({"job": job_key, "reason": "already done"})
-            emit("skip", job=job_key, reason="already done")
-            return
-        work()
+        with Heartbeat(store, lease, cfg.lease_ttl_ms) as beat:
+            if not still_needed():
+                s.skipped.append({"job": job_key, "reason": "already done"})
+                emit("skip", job=job_key, reason="already done")
+                return
+            work()
+        if beat.lost:  # another run took the job over while ours stalled past the TTL
+            emit("lease_lost", job=job_key)
     finally:
-        release(store, lease)
+        try:
+            release(store, lease)
+        except RetryableError as e:  # it expires on its own within one TTL
+            emit("lease_release_failed", job=job_key, error=str(e))
 
 
 def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:

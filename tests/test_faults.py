@@ -6,7 +6,6 @@ every exit code is 0, 3 or 75 (never 1); the gateway answers every query correct
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -15,17 +14,12 @@ import urllib.request
 from pathlib import Path
 
 import cramjam
-import numpy as np
-import pyarrow as pa
 import pytest
 
-from blocks.meta import Resolution
 from blocks.objstore import make_s3_client, open_store
-from blocks.reader import iter_row_groups, load_listing, read_raw_samples, read_series
-from blocks.series import series_labels
-from blocks.tiers import decode_windows
 from query_gateway.pb import prom_remote_pb2, prom_types_pb2
 from tests.conftest import s3_config
+from tests.digests import digests
 from tests.faultproxy import FaultProxy
 from tests.prom import free_port
 
@@ -48,29 +42,6 @@ def write_config(path: Path, endpoint: str, bucket: str) -> Path:
                     f'access_key_id = "testing"\nsecret_access_key = "testing"\nread_timeout_s = 0.5\n'
                     f'connect_timeout_s = 0.5\nretry_base_delay_s = 0.01\nretry_max_attempts = 6\n')
     return path
-
-
-def digests(store, tenant: str = "t") -> dict[str, str]:
-    """Per resolution, a digest of the content of the live blocks (ids and layout aside)."""
-    listing = load_listing(store, tenant)
-    rows: dict[str, list] = {}
-    for m in listing.metas:
-        if m.ulid in listing.deletion_marks:
-            continue
-        labels = series_labels(read_series(store, m))
-        acc = rows.setdefault(m.resolution.label, [])
-        if m.resolution == Resolution.RAW:
-            t = read_raw_samples(store, m)
-            for r, ts, v in zip(t["series_ref"].to_pylist(), t["ts"].to_pylist(),
-                                t["value"].to_numpy().view(np.uint64).tolist()):
-                acc.append((labels[r], ts, v))
-        else:
-            w = decode_windows(pa.concat_tables(list(iter_row_groups(store, m))), m.resolution_ms, m.version)
-            cols = w.logical()
-            names = sorted(c for c in cols if c != "series_ref")
-            for i, r in enumerate(cols["series_ref"].tolist()):
-                acc.append((labels[r],) + tuple(np.asarray(cols[c][i]).tobytes().hex() for c in names))
-    return {res: hashlib.sha256(repr(sorted(v)).encode()).hexdigest() for res, v in rows.items()}
 
 
 @pytest.fixture(scope="module")

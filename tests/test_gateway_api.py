@@ -17,7 +17,7 @@ import pytest
 
 from blocks.meta import Resolution
 from blocks.objstore import open_store
-from blocks.reader import load_listing, open_samples, read_raw_samples, read_series
+from blocks.reader import load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
 from compactor.nightly import run_once
 from query_gateway.auth import TenantAuth

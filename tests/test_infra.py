@@ -152,7 +152,11 @@ def test_cronjob_settings_match_the_measured_job():
     pod = job["template"]["spec"]
     args = pod["containers"][0]["args"]
     lease = next(a for a in args if a.startswith("--lease-ttl="))
-    assert job["activeDeadlineSeconds"] < int(lease.split("=")[1].rstrip("h")) * 3600  # leases outlive the pod
+    # Leases are renewed while a job runs: a short TTL frees a killed pod's jobs quickly, and a
+    # run that met a live lease exits 75, which the Job retries.
+    from blocks.cli_common import parse_duration_ms
+    assert parse_duration_ms(lease.split("=")[1]) <= 10 * 60_000
+    assert job["backoffLimit"] >= 1
     assert "--memory-budget=1GiB" in args and any(v["name"] == "scratch" and "emptyDir" in v for v in pod["volumes"])
     limit = pod["containers"][0]["resources"]["limits"]["memory"]
     assert limit == "2Gi"  # measured peak RSS ~1.0 GiB at --memory-budget 1GiB (bench/bench_compact.py)

@@ -43,6 +43,43 @@ def test_expired_lease_is_taken_over_by_exactly_one(any_store):
     assert json.loads(any_store.get(lease_key("job")))["owner"] == "B"
 
 
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(any_store):
+    import subprocess
+    import sys
+
+    from compactor.lease import HOST
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{HOST}:{int(gone.stdout)}:run1"
+    assert acquire(any_store, "job", dead_owner, now_ms=0, ttl_ms=3_600_000) is not None
+    assert acquire(any_store, "job", f"{HOST}:999999999:x", now_ms=1, ttl_ms=1000) is not None  # no TTL wait
+    live = f"{HOST}:1:run2"  # pid 1 exists: a live process
+    assert acquire(any_store, "job2", live, now_ms=0, ttl_ms=3_600_000) is not None
+    assert acquire(any_store, "job2", "B", now_ms=1, ttl_ms=1000) is None
+    assert acquire(any_store, "job3", "otherhost:1:r", now_ms=0, ttl_ms=3_600_000) is not None
+    assert acquire(any_store, "job3", "B", now_ms=1, ttl_ms=1000) is None  # another host: wait for the TTL
+
+
+def test_heartbeat_keeps_a_lease_alive_past_its_ttl_and_renewal_survives_a_lost_answer():
+    import time
+
+    from compactor.lease import Heartbeat, renew
+
+    store = MemoryStore()
+    lease = acquire(store, "job", "A", now_ms=int(time.time() * 1000), ttl_ms=300)
+    with Heartbeat(store, lease, 300) as beat:
+        time.sleep(1.0)  # over three TTLs
+        assert acquire(store, "job", "B", now_ms=int(time.time() * 1000), ttl_ms=300) is None
+    assert not beat.lost and lease.expires_ms > int(time.time() * 1000) - 300
+    # A renewal whose answer was lost (the write landed; the retried If-Match gets 412) is ours.
+    stale = type(lease)(lease.key, lease.job, lease.owner, lease.expires_ms, "stale-etag")
+    store.put(lease.key, json.dumps({"job": "job", "owner": "A", "expires_ms": 0}).encode())
+    assert renew(store, stale, int(time.time() * 1000), 300)
+    # Taken over by someone else after expiry: the renewal says so.
+    store.put(lease.key, json.dumps({"job": "job", "owner": "B", "expires_ms": 0}).encode())
+    assert not renew(store, stale, int(time.time() * 1000), 300)
+
+
 def test_release_leaves_someone_elses_lease():
     store = MemoryStore()
     old = acquire(store, "job", "A", now_ms=0, ttl_ms=10)

@@ -121,7 +121,7 @@ def test_counter_replay_joins_raw_without_a_seam(series, res, cut_at):
     assert math.isclose(promql_increase(joined), want, rel_tol=1e-9, abs_tol=1e-9)
     # Every window's true last raw sample is replayed (and the first window's first); anything
     # else (the reset pair, points on the line of a long window) lies strictly inside a window.
-    bts, bvs = ts[before & ok], vs[before & ok]
+    bts = ts[before & ok]
     win = bts // res
     replayed = dict(zip(rts.tolist(), rv.tolist()))
     if len(bts):
