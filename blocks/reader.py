@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from blocks.encoding import decode_values
-from blocks.errors import BlockCorruptError, ObjectNotFound
+from blocks.errors import BlockCorruptError, ObjectNotFound, RetryableError
 from blocks.layout import (
     DELETION_MARK_FILE, NO_COMPACT_MARK_FILE, RESERVED_PREFIX, SAMPLES_FILE, SERIES_FILE,
     block_file_key, meta_key, tenant_prefix, validate_tenant,
@@ -111,35 +112,58 @@ def load_listing(store: ObjectStore, tenant: str) -> BlockListing:
             unfinished.append(block_id)
             continue
         try:
+            if NO_COMPACT_MARK_FILE in names:  # read first: a corrupt meta.json may carry one too
+                ncmarks[block_id] = NoCompactMark.from_json(
+                    store.get(block_file_key(tenant, block_id, NO_COMPACT_MARK_FILE)))
             metas.append(load_meta(store, tenant, block_id))
             if DELETION_MARK_FILE in names:
                 dmarks[block_id] = DeletionMark.from_json(
                     store.get(block_file_key(tenant, block_id, DELETION_MARK_FILE)))
-            if NO_COMPACT_MARK_FILE in names:
-                ncmarks[block_id] = NoCompactMark.from_json(
-                    store.get(block_file_key(tenant, block_id, NO_COMPACT_MARK_FILE)))
         except BlockCorruptError as e:
             corrupt[block_id] = str(e)
         except ObjectNotFound:
+            ncmarks.pop(block_id, None)
             unfinished.append(block_id)  # deleted between LIST and GET
     metas.sort(key=lambda m: (m.resolution_ms, m.min_time, m.ulid))
     return BlockListing(metas, dmarks, ncmarks, unfinished, corrupt)
 
 
+@contextmanager
+def reading(store: ObjectStore, meta: BlockMeta, name: str):
+    """Turn any failure to read a committed block's file into BlockCorruptError (with the block id).
+
+    Transient store errors pass through for the caller to retry. A missing file is corruption only
+    while meta.json still exists: deletion removes meta.json first, so a block being deleted
+    concurrently raises ObjectNotFound as before.
+    """
+    try:
+        yield
+    except (RetryableError, BlockCorruptError):
+        raise
+    except ObjectNotFound as e:
+        if not store.exists(meta_key(meta.tenant, meta.ulid)):
+            raise
+        raise BlockCorruptError(f"block {meta.ulid}: {name} listed in meta.json is missing ({e.key})",
+                                meta.ulid) from None
+    except (pa.ArrowException, OSError, ValueError, EOFError) as e:
+        # ZSTD corruption and damaged footers surface as OSError, bad thrift/schemas as ArrowInvalid.
+        raise BlockCorruptError(f"read {name} of block {meta.ulid}: {type(e).__name__}: {e}",
+                                meta.ulid) from None
+
+
 def read_series(store: ObjectStore, meta: BlockMeta) -> pa.Table:
     """The block's series.parquet as an Arrow table; BlockCorruptError if unreadable."""
     entry = meta.file(SERIES_FILE)
-    try:
+    with reading(store, meta, SERIES_FILE):
         with open_object(store, block_file_key(meta.tenant, meta.ulid, SERIES_FILE), entry.size_bytes) as f:
             return pq.read_table(f)
-    except pa.ArrowException as e:
-        raise BlockCorruptError(f"read series.parquet of block {meta.ulid}: {e}", meta.ulid) from None
 
 
 def open_samples(store: ObjectStore, meta: BlockMeta):
     """The block's samples.parquet as a binary file object (use as a context manager)."""
     entry = meta.file(SAMPLES_FILE)
-    return open_object(store, block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE), entry.size_bytes)
+    with reading(store, meta, SAMPLES_FILE):
+        return open_object(store, block_file_key(meta.tenant, meta.ulid, SAMPLES_FILE), entry.size_bytes)
 
 
 def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -161,12 +185,13 @@ def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
 def iter_row_groups(store: ObjectStore, meta: BlockMeta, columns: list[str] | None = None) -> Iterator[pa.Table]:
     """The block's samples.parquet row groups as stored; BlockCorruptError if unreadable."""
     with open_samples(store, meta) as fh:
-        try:
+        with reading(store, meta, SAMPLES_FILE):
             pf = pq.ParquetFile(fh)
-            for i in range(pf.num_row_groups):
-                yield pf.read_row_group(i, columns=columns)
-        except pa.ArrowException as e:
-            raise BlockCorruptError(f"read samples.parquet of block {meta.ulid}: {e}", meta.ulid) from None
+            n = pf.num_row_groups
+        for i in range(n):
+            with reading(store, meta, SAMPLES_FILE):
+                rg = pf.read_row_group(i, columns=columns)
+            yield rg
 
 
 def iter_raw_samples(store: ObjectStore, meta: BlockMeta) -> Iterator[pa.Table]:

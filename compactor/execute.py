@@ -19,12 +19,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from blocks.errors import HashCollisionError
+from blocks.errors import BlockCorruptError, HashCollisionError
+from blocks.layout import block_file_key
 from blocks.labels import Labels, series_hash
 from blocks.marks import mark_for_deletion
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
-from blocks.reader import decode_raw, iter_row_groups, read_series
+from blocks.reader import decode_raw, iter_row_groups, read_series, reading
+from blocks.verify import sha256_of
 from blocks.series import block_order, series_labels
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from blocks.tiers import decode_windows, encode_windows
@@ -57,7 +59,26 @@ class JobStats:
     extra: dict = field(default_factory=dict)
 
 
+def check_source(store: ObjectStore, meta: BlockMeta) -> None:
+    """Sizes and sha256 of a source block's files against its meta.json, before anything reads it.
+
+    A merge gives its output fresh checksums, so corruption merged in would be permanent and
+    invisible; one extra sequential read of each source is the price.
+    """
+    for f in meta.files:
+        key = block_file_key(meta.tenant, meta.ulid, f.name)
+        with reading(store, meta, f.name):
+            size = store.stat(key).size
+            if size != f.size_bytes:
+                raise BlockCorruptError(f"block {meta.ulid}: {f.name} is {size} bytes, meta.json says "
+                                        f"{f.size_bytes}", meta.ulid)
+            if sha256_of(store, key, size) != f.sha256:
+                raise BlockCorruptError(f"block {meta.ulid}: {f.name} sha256 does not match meta.json",
+                                        meta.ulid)
+
+
 def _series_of(store: ObjectStore, meta: BlockMeta) -> tuple[list[Labels], list[str]]:
+    check_source(store, meta)
     t = read_series(store, meta)
     return series_labels(t), t.column("metric_type").to_pylist()
 

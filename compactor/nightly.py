@@ -8,10 +8,11 @@ overlapping runs never process a group twice; `shard`/`shards` split the work by
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from blocks.errors import HaltError, ObjectNotFound, RetryableError
+from blocks.errors import BlockCorruptError, HaltError, ObjectNotFound, RetryableError
 from blocks.index import write_index
 from blocks.layout import DELETION_MARK_FILE, block_file_key
 from blocks.marks import block_file_names, delete_block, mark_for_deletion, mark_no_compact
@@ -22,8 +23,8 @@ from compactor.execute import ExecOptions, run_compact, run_downsample
 from compactor.lease import Heartbeat, acquire, in_shard, new_owner, release
 from compactor.planner import DAY_MS, CompactJob, DownsampleJob, plan_compaction, plan_downsampling
 from retention.apply import apply_plan, plan_retention
-from retention.policy import Policy
-from retention.store import load_policy
+from retention.policy import Policy, Salvaged
+from retention.store import load_policy_salvaged
 
 Emit = Callable[..., None]
 
@@ -63,6 +64,9 @@ class Summary:
     skipped: list[dict] = field(default_factory=list)
     halted: list[dict] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # unexpected exceptions (bugs): exit 1, pass went on
+    policy_problems: list[str] = field(default_factory=list)
+    no_compact_blocks: int = 0  # live no-compact marks in the bucket after the pass
     leased: list[str] = field(default_factory=list)  # jobs another live run holds: retry later
     retention: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -90,40 +94,83 @@ def shard_key(tenant: str, group: str, min_time: int, range_ms: int) -> str:
 
 
 def run_once(store: CountingStore, now_ms: int, cfg: CompactorConfig = CompactorConfig(),
-             tenants: list[str] | None = None, emit: Emit = _no_emit) -> Summary:
-    """One idempotent pass over every tenant; integrity problems mark the group no-compact."""
-    s = Summary()
+             tenants: list[str] | None = None, emit: Emit = _no_emit, summary: Summary | None = None) -> Summary:
+    """One idempotent pass over every tenant; integrity problems mark the block no-compact.
+
+    Nothing one tenant does stops the others: a transient error is recorded for a retry, an
+    integrity problem marks the block, and any other exception is recorded as an error; the pass
+    goes on. `summary` (if given) is filled in place, so a caller still has it if the pass dies.
+    """
+    s = summary if summary is not None else Summary()
     t0 = time.perf_counter()
-    policy, _ = load_policy(store)
-    for tenant in tenants or list_tenants(store):
-        try:
-            _compact_tenant(store, tenant, now_ms, cfg, s, emit)
-            _downsample_tenant(store, tenant, now_ms, _with_policy_exclusion(cfg, policy, tenant), s, emit)
-        except RetryableError as e:
-            s.retry.append(f"{tenant}: {e}")
-            emit("retry", tenant=tenant, error=str(e))
+    salvaged = _load_policy(store, s, emit)
+    policy = salvaged.policy
+    tenants = tenants or list_tenants(store)
+    for tenant in tenants:
+        _guard(store, tenant, "compact", now_ms, s, emit,
+               lambda: _compact_tenant(store, tenant, now_ms, cfg, s, emit))
+        _guard(store, tenant, "downsample", now_ms, s, emit,
+               lambda: _downsample_tenant(store, tenant, now_ms, _with_policy_exclusion(cfg, policy, tenant), s,
+                                          emit))
     s.seconds["compact_and_downsample"] = round(time.perf_counter() - t0, 3)
     t2 = time.perf_counter()
-    for tenant in tenants or list_tenants(store):
-        try:
-            _retention_tenant(store, tenant, policy, now_ms, cfg, s, emit)
-        except RetryableError as e:
-            s.retry.append(f"{tenant}: {e}")
+    for tenant in tenants:
+        if not salvaged.applies_to(tenant):
+            s.skipped.append({"job": f"retention/{tenant}", "reason": "retention policy has problems"})
+            continue
+        _guard(store, tenant, "retention", now_ms, s, emit,
+               lambda: _retention_tenant(store, tenant, policy, now_ms, cfg, s, emit))
     s.seconds["retention"] = round(time.perf_counter() - t2, 3)
     t1 = time.perf_counter()
-    for tenant in tenants or list_tenants(store):
-        try:
-            _cleanup_tenant(store, tenant, now_ms, cfg, s, emit)
-            listing = write_index(store, tenant, now_ms)
-            for m in listing.metas:
-                if m.ulid not in listing.deletion_marks:
-                    label = m.resolution.label
-                    s.newest_ms[label] = max(s.newest_ms.get(label, 0), m.max_time)
-        except RetryableError as e:
-            s.retry.append(f"{tenant}: {e}")
+    for tenant in tenants:
+        _guard(store, tenant, "cleanup", now_ms, s, emit, lambda: _cleanup_and_index(store, tenant, now_ms, cfg, s, emit))
     s.seconds["cleanup"] = round(time.perf_counter() - t1, 3)
     s.requests = store.counts.as_dict() if hasattr(store, "counts") else {}
     return s
+
+
+def _load_policy(store, s: Summary, emit: Emit) -> Salvaged:
+    try:
+        salvaged = load_policy_salvaged(store)
+    except RetryableError as e:
+        s.retry.append(f"retention policy: {e}")
+        emit("retry", what="retention policy", error=str(e))
+        return Salvaged(Policy(), hold_all=True)
+    for p in salvaged.problems:
+        s.policy_problems.append(p)
+        emit("policy_problem", problem=p)
+    return salvaged
+
+
+def _guard(store, tenant: str, phase: str, now_ms: int, s: Summary, emit: Emit, fn: Callable[[], None]) -> None:
+    """Run one tenant's phase; whatever it raises is recorded and the pass goes on."""
+    try:
+        fn()
+    except RetryableError as e:
+        s.retry.append(f"{tenant}: {e}")
+        emit("retry", tenant=tenant, phase=phase, error=str(e))
+    except HaltError as e:  # an integrity problem outside a job (a job marks its own)
+        if e.block_id:
+            try:
+                mark_no_compact(store, tenant, e.block_id, str(e), now_ms)
+            except RetryableError as e2:
+                s.retry.append(f"{tenant}: {e2}")
+        s.halted.append({"tenant": tenant, "job": phase, "reason": str(e)})
+        emit("halt", tenant=tenant, phase=phase, reason=str(e))
+    except Exception as e:  # noqa: BLE001 - a bug must not stop the other tenants; it still exits 1
+        s.errors.append({"tenant": tenant, "phase": phase, "error": f"{type(e).__name__}: {e}"})
+        emit("error", tenant=tenant, phase=phase, error=f"{type(e).__name__}: {e}",
+             traceback=traceback.format_exc(limit=8))
+
+
+def _cleanup_and_index(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:
+    _cleanup_tenant(store, tenant, now_ms, cfg, s, emit)
+    listing = write_index(store, tenant, now_ms)
+    s.no_compact_blocks += len(listing.no_compact_marks)
+    for m in listing.metas:
+        if m.ulid not in listing.deletion_marks:
+            label = m.resolution.label
+            s.newest_ms[label] = max(s.newest_ms.get(label, 0), m.max_time)
 
 
 def _with_policy_exclusion(cfg: CompactorConfig, policy: Policy, tenant: str) -> CompactorConfig:
@@ -182,6 +229,11 @@ def _with_lease(store, job_key: str, now_ms: int, cfg: CompactorConfig, s: Summa
 
 def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Summary, emit: Emit) -> None:
     listing = load_listing(store, tenant)
+    for ulid, reason in sorted(listing.corrupt.items()):  # unreadable meta.json: mark once, say so
+        if ulid not in listing.no_compact_marks:
+            mark_no_compact(store, tenant, ulid, reason, now_ms)
+            s.halted.append({"tenant": tenant, "job": f"block/{tenant}/{ulid}", "reason": reason})
+            emit("halt", block=f"{tenant}/{ulid}", reason=reason)
     excluded = _excluded(listing)
     # Crash recovery: a source whose merged block was committed but which was not marked yet.
     merged_into = {p: m.ulid for m in listing.metas for p in m.parents if m.resolution_ms == 0}
@@ -209,7 +261,10 @@ def _compact_tenant(store, tenant: str, now_ms: int, cfg: CompactorConfig, s: Su
                                     "partitions": st.partitions})
                 emit("compacted", job=job.key, block=new.ulid, samples=new.stats.samples)
             except HaltError as e:
-                for u in job.sources:
+                # One unreadable block is marked alone (the rest of its day merges next pass without
+                # it); a problem between blocks (overlap, collision) marks the whole group.
+                bad = [e.block_id] if e.block_id in job.sources else list(job.sources)
+                for u in bad:
                     mark_no_compact(store, tenant, u, str(e), now_ms)
                 s.halted.append({"tenant": tenant, "job": job.key, "reason": str(e)})
                 emit("halt", job=job.key, reason=str(e))
@@ -224,7 +279,7 @@ def _new_metas(store, tenant: str, known: dict[str, BlockMeta]) -> list[BlockMet
         if ulid not in known:
             try:
                 out.append(load_meta(store, tenant, ulid))
-            except ObjectNotFound:
+            except (ObjectNotFound, BlockCorruptError):  # gone, or corrupt (marked by the compact phase)
                 continue
     return out
 

@@ -260,3 +260,124 @@ class Policy:
         `for_series(...).downsample` per series; this list is the quick pre-check.
         """
         return [sel for _, r, sel in self.rules_for(tenant) if not r.downsample]
+
+
+@dataclass(frozen=True)
+class Salvaged:
+    """A stored policy read leniently for the nightly job: bad entries hold only what they name.
+
+    A bad duration becomes `forever` for that tier; a bad rule whose selector still parses becomes a
+    hold rule in the same position (its series keep everything); an entry that names nothing that
+    can exist (an invalid tenant name, an unknown resolution, an unknown field) is dropped. When an
+    entry's scope cannot be known (unparseable selector, malformed section), retention is skipped for
+    its tenant, or for every tenant. Compaction and downsampling never depend on it.
+    """
+
+    policy: Policy
+    problems: tuple[str, ...] = ()
+    hold_all: bool = False
+    held_tenants: frozenset[str] = frozenset()
+
+    def applies_to(self, tenant: str) -> bool:
+        """Whether retention may run for `tenant` this pass."""
+        return not self.hold_all and tenant not in self.held_tenants
+
+
+def _salvage_durations(raw: Any, where: str, problems: list[str]) -> dict[str, str] | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: want an object of resolution -> duration")
+        return None
+    out = {}
+    for key, value in raw.items():
+        try:
+            res = Resolution.parse(str(key)).label
+        except InvalidInputError as e:
+            problems.append(f"{where}.{key}: {e} (ignored)")
+            continue
+        try:
+            parse_retention(value)
+            out[res] = str(value).strip()
+        except InvalidInputError as e:
+            problems.append(f"{where}.{key}: {e} (kept forever until fixed)")
+            out[res] = FOREVER
+    return out
+
+
+def salvage_policy(data: bytes) -> Salvaged:
+    """Parse like `Policy.from_json`, but turn each bad entry into a hold on what it names."""
+    try:
+        return Salvaged(Policy.from_json(data))
+    except InvalidInputError:
+        pass
+    problems: list[str] = []
+    try:
+        d = json.loads(data)
+    except ValueError as e:
+        return Salvaged(Policy(), (f"retention policy: invalid JSON: {e}; retention skipped",), hold_all=True)
+    if not isinstance(d, Mapping) or d.get("version", POLICY_VERSION) != POLICY_VERSION:
+        return Salvaged(Policy(), ("retention policy: not a version-1 policy object; retention skipped",),
+                        hold_all=True)
+    hold_all, held = False, set()
+    unknown = set(d) - {"version", "generation", "defaults", "tenants", "rules"}
+    if unknown:
+        problems.append(f"retention policy: unknown fields {sorted(unknown)} (ignored)")
+    gen = d.get("generation", 0)
+    if not isinstance(gen, int) or gen < 0:
+        problems.append("retention policy: generation must be a non-negative integer")
+        gen = 0
+    defaults = _salvage_durations(d.get("defaults", {}), "defaults", problems)
+    if defaults is None:
+        hold_all, defaults = True, {}
+    tenants: dict[str, dict[str, str]] = {}
+    tenants_raw = d.get("tenants", {})
+    if not isinstance(tenants_raw, Mapping):
+        problems.append("retention policy: tenants must be an object")
+        hold_all = True
+        tenants_raw = {}
+    for t, v in tenants_raw.items():
+        try:
+            validate_tenant(t)
+        except InvalidInputError as e:
+            problems.append(f"tenants.{t}: {e} (ignored: no such tenant can exist)")
+            continue
+        durations = _salvage_durations(v, f"tenants.{t}", problems)
+        if durations is None:
+            held.add(t)
+        else:
+            tenants[t] = durations
+    rules: list[Rule] = []
+    rules_raw = d.get("rules", [])
+    if not isinstance(rules_raw, list):
+        problems.append("retention policy: rules must be a list")
+        hold_all, rules_raw = True, []
+    for i, r in enumerate(rules_raw):
+        where = f"rules[{i}]"
+        try:
+            rules.append(Rule.from_dict(r, where))
+            continue
+        except InvalidInputError as e:
+            problem = str(e)
+        if not isinstance(r, Mapping):
+            problems.append(f"{problem}; retention skipped for every tenant")
+            hold_all = True
+            continue
+        tenant = r.get("tenant")
+        if tenant is not None:
+            try:
+                validate_tenant(tenant)
+            except InvalidInputError:
+                problems.append(f"{problem} (ignored: it names no tenant that can exist)")
+                continue
+        try:
+            parse_selector(str(r["selector"]))
+        except (InvalidInputError, KeyError):
+            if tenant is None:
+                problems.append(f"{problem}; retention skipped for every tenant")
+                hold_all = True
+            else:
+                problems.append(f"{problem}; retention skipped for tenant {tenant}")
+                held.add(tenant)
+            continue
+        problems.append(f"{problem}; its series are kept forever until it is fixed")
+        rules.append(Rule(str(r["selector"]), {res: FOREVER for res in RESOLUTIONS}, True, tenant))
+    return Salvaged(Policy(defaults, tenants, tuple(rules), gen), tuple(problems), hold_all, frozenset(held))

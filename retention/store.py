@@ -7,7 +7,7 @@ from typing import Callable
 
 from blocks.errors import ObjectNotFound, PreconditionFailed, RetryableError
 from blocks.objstore import ObjectStore
-from retention.policy import HISTORY_PREFIX, POLICY_KEY, Policy
+from retention.policy import HISTORY_PREFIX, POLICY_KEY, Policy, Salvaged, salvage_policy
 
 
 class PolicyConflict(RetryableError):
@@ -23,6 +23,15 @@ def load_policy(store: ObjectStore) -> tuple[Policy, str | None]:
         return Policy(), None
     # The etag is read first: if the object changes in between, the CAS below fails, never a lost edit.
     return Policy.from_json(data), etag
+
+
+def load_policy_salvaged(store: ObjectStore) -> Salvaged:
+    """The stored policy for the nightly job: bad entries hold what they name (see `salvage_policy`)."""
+    try:
+        data = store.get(POLICY_KEY)
+    except ObjectNotFound:
+        return Salvaged(Policy())
+    return salvage_policy(data)
 
 
 def save_policy(store: ObjectStore, policy: Policy, etag: str | None, *, expected_generation: int) -> Policy:
