@@ -44,10 +44,17 @@ def save_policy(store: ObjectStore, policy: Policy, etag: str | None, *, expecte
         else:
             store.put(POLICY_KEY, body, if_match=etag)
     except PreconditionFailed:
-        current, _ = load_policy(store)
-        raise PolicyConflict(
-            f"retention policy changed concurrently (you edited generation {expected_generation}, "
-            f"the bucket now has generation {current.generation}); nothing was saved: re-run the command") from None
+        # A PUT whose answer was lost is retried and then loses its own CAS: if the stored object
+        # is byte-for-byte ours (same content, same generation), our write landed.
+        try:
+            stored = store.get(POLICY_KEY)
+        except ObjectNotFound:
+            stored = None
+        if stored != body:
+            now_gen = salvage_policy(stored).policy.generation if stored is not None else 0
+            raise PolicyConflict(
+                f"retention policy changed concurrently (you edited generation {expected_generation}, "
+                f"the bucket now has generation {now_gen}); nothing was saved: re-run the command") from None
     store.put(f"{HISTORY_PREFIX}{new.generation:08d}.json", body)  # audit trail; the policy object is the truth
     return new
 

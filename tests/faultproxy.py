@@ -29,6 +29,7 @@ class FaultProxy:
         self.injected: Counter = Counter()
         self.requests = 0
         self.enabled = True
+        self.scripted: list[tuple[str, str, str]] = []  # (method, path substring, fault), used once each
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,7 +80,7 @@ class FaultProxy:
 
             def _handle(self):
                 body = self._read_body()
-                fault = proxy._pick()
+                fault = proxy._scripted(self.command, self.path) or proxy._pick()
                 if fault in ("slowdown", "internal"):
                     code, status = ("SlowDown", 503) if fault == "slowdown" else ("InternalError", 500)
                     xml = _ERROR_XML.format(code=code).encode()
@@ -112,6 +113,21 @@ class FaultProxy:
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def script(self, method: str, path_contains: str, fault: str) -> None:
+        """Inject `fault` into the next `method` request whose path contains `path_contains`."""
+        assert fault in FAULTS, fault
+        with self.lock:
+            self.scripted.append((method, path_contains, fault))
+
+    def _scripted(self, method: str, path: str) -> str | None:
+        with self.lock:
+            for i, (m, sub, fault) in enumerate(self.scripted):
+                if m == method and sub in path:
+                    del self.scripted[i]
+                    self.injected[fault] += 1
+                    return fault
+        return None
 
     def _pick(self) -> str | None:
         with self.lock:

@@ -197,3 +197,47 @@ def test_per_selector_rule_rewrites_blocks_and_nightly_applies_policy(tmp_path):
         assert got == want and len(want) < len(before[old])
         assert m.sources == next(d for d in days if d.ulid == old).sources
     assert verify_bucket(store).ok
+
+
+@pytest.mark.parametrize("first_write", [True, False], ids=["create", "update"])
+def test_lost_response_of_a_policy_put_is_recognised_as_our_own_write(moto_endpoint, s3_bucket, first_write,
+                                                                      tmp_path, monkeypatch):
+    """The PUT reaches S3, its answer is lost (connection reset), the retry gets 412: the CLI reads
+    the policy back, sees its own generation, reports success and writes the history copy."""
+    from tests.faultproxy import FaultProxy
+
+    host, port = moto_endpoint.rsplit("/", 1)[-1].split(":")
+    direct = open_store(s3_bucket)
+    if not first_write:
+        edit_policy(direct, lambda p: p.with_durations({"raw": "30d"}, None))
+    proxy = FaultProxy((host, int(port)), rate=0.0)
+    try:
+        cfg = tmp_path / "strata.toml"
+        cfg.write_text(f'[store]\nurl = "{s3_bucket.url}"\nendpoint_url = "{proxy.url}"\nregion = "us-east-1"\n'
+                       'access_key_id = "testing"\nsecret_access_key = "testing"\nretry_base_delay_s = 0.01\n')
+        proxy.script("PUT", "retention/policy.json", "reset_after")
+        r = cli("set", "5m=180d", "--config", str(cfg))
+        assert proxy.injected["reset_after"] == 1 and not proxy.scripted  # the fault did happen
+        assert r.exit_code == 0, r.output
+        gen = 1 if first_write else 2
+        policy, _ = load_policy(direct)
+        assert policy.generation == gen and policy.defaults["5m"] == "180d"
+        assert direct.get(f"_strata/retention/history/{gen:08d}.json") == direct.get(POLICY_KEY)
+        # A real conflict after a lost answer is still a conflict: someone else's write is there.
+        proxy.script("PUT", "retention/policy.json", "reset_before")  # retried: stored etag changed meanwhile
+
+        def racing(p):
+            edit_policy(direct, lambda q: q.with_durations({"1h": "1y"}, None))
+            return p.with_durations({"1d": "forever"}, None)
+
+        with pytest.raises(PolicyConflict):
+            edit_policy(open_store(_proxied(s3_bucket, proxy.url)), racing)
+        assert load_policy(direct)[0].defaults.get("1d") is None
+    finally:
+        proxy.stop()
+
+
+def _proxied(cfg, endpoint: str):
+    from dataclasses import replace
+
+    return replace(cfg, endpoint_url=endpoint)
