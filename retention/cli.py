@@ -17,7 +17,7 @@ from blocks.errors import InvalidInputError
 from blocks.objstore import open_store
 from retention.apply import apply_plan, plan_retention
 from retention.policy import RESOLUTIONS, Policy, Rule
-from retention.store import edit_policy, load_policy
+from retention.store import PolicyConflict, edit_policy, load_policy, save_policy
 
 MODEL = """
 Policy model. Each tier (raw, 5m, 1h, 1d) keeps a series for a duration ("forever" allowed).
@@ -135,15 +135,32 @@ def unset_cmd(resolutions: Annotated[list[str], typer.Argument(help="Resolutions
 @cli_errors
 def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the document `show -o json` prints under 'policy').")],
                bucket: BucketOpt = None, config: ConfigOpt = None, dry_run: DryRun = False,
-               expect_generation: ExpectGen = None, output: OutputOpt = Output.text) -> None:
+               expect_generation: ExpectGen = None,
+               if_absent: Annotated[bool, typer.Option("--if-absent", help="Create the policy only if the bucket has none; otherwise keep the stored one and exit 0 (a bootstrap that can never overwrite later edits).")] = False,
+               output: OutputOpt = Output.text) -> None:
     """Replace the whole policy with a validated JSON document (compare-and-swap), e.g. a ConfigMap's bootstrap.
 
-    Example: strata retention import /etc/strata/retention-policy.json
+    Example: strata retention import /etc/strata/retention-policy.json --if-absent
     """
     try:
         doc = Policy.from_json(path.read_bytes())
     except OSError as e:
         raise InvalidInputError(f"cannot read {path}: {e}") from None
+    if if_absent:
+        if expect_generation not in (None, 0):
+            raise InvalidInputError("--if-absent means --expect-generation 0; do not give another generation")
+        store = _store(bucket, config)
+        current, etag = load_policy(store)
+        if etag is None:
+            try:
+                new = replace(doc, generation=1) if dry_run else save_policy(store, doc, None, expected_generation=0)
+                _show(new, None, output, dry_run)
+                return
+            except PolicyConflict:  # created by someone else in between (put-if-absent lost): keep theirs
+                current, _ = load_policy(store)
+        typer.echo(f"kept the stored retention policy (generation {current.generation}); nothing imported", err=True)
+        _show(current, None, output, dry_run=True)
+        return
     _, new = edit_policy(_store(bucket, config), lambda p: replace(doc, generation=p.generation),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, None, output, dry_run)

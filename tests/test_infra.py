@@ -233,3 +233,34 @@ def test_alert_rules_parse_and_use_exported_metrics():
         promql_parser.parse(r["expr"])
         for metric in re.findall(r"\b(strata_[a-z_]+)", r["expr"]):
             assert metric in exported, (r["alert"], metric)
+
+
+def test_retention_bootstrap_job_never_overwrites_a_newer_policy(tmp_path):
+    """Run the Job's own args twice around an operator edit: the edit survives the re-apply."""
+    from typer.testing import CliRunner
+
+    from blocks.objstore import open_store
+    from compactor.cli import app
+    from retention.store import edit_policy, load_policy
+
+    job = next(d for _, d in manifests() if d["kind"] == "Job" and d["metadata"].get("name") == "strata-retention-bootstrap")
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--if-absent" in args
+    cm = next(d for _, d in manifests() if d["kind"] == "ConfigMap" and d["metadata"].get("name") == "strata-config")
+    policy_file = tmp_path / "retention-policy.json"
+    policy_file.write_text(cm["data"]["retention-policy.json"])
+    bucket = tmp_path / "bucket"
+    local = [policy_file if a == "/etc/strata/retention-policy.json" else a for a in args]
+    i = local.index("--config")
+    local[i:i + 2] = ["--bucket", str(bucket)]
+    run = [str(a) for a in local]
+    r = CliRunner().invoke(app, run)
+    assert r.exit_code == 0, r.output
+    store = open_store(str(bucket))
+    created, _ = load_policy(store)
+    assert created.generation == 1 and created.rules
+    edit_policy(store, lambda p: p.with_durations({"raw": "3d"}, None))  # `strata retention set raw=3d`
+    r = CliRunner().invoke(app, run)  # the Job recreated by the next `kubectl apply -k`
+    assert r.exit_code == 0 and "kept the stored retention policy (generation 2)" in r.output
+    kept, _ = load_policy(store)
+    assert kept.generation == 2 and kept.defaults["raw"] == "3d"
