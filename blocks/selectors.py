@@ -1,12 +1,19 @@
-"""PromQL series selectors (`{__name__=~"go_.*"}`, `up{job="a"}`) parsed with promql-parser
+r"""PromQL series selectors (`{__name__=~"go_.*"}`, `up{job="a"}`) parsed with promql-parser
 and matched against label sets with Prometheus semantics (anchored regexes; a missing label
-matches as the empty string)."""
+matches as the empty string).
+
+Regexes are RE2 (Prometheus's Go regexp dialect), here through google-re2 and in the gateway
+through DuckDB's `regexp_full_match`, which is RE2 too: a pattern this module accepts is one both
+engines run the same way (no backreferences, lookarounds, possessive repeats, `\Z`, or repeat
+counts over 1000). `.` matches a newline (`(?s:...)`), as in Prometheus.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Mapping
+
+import re2
 
 from blocks.errors import InvalidInputError
 from blocks.labels import METRIC_NAME, Labels
@@ -28,17 +35,34 @@ class Matcher:
             return value == self.value
         if self.op == "!=":
             return value != self.value
-        hit = _regex(self.value).fullmatch(value) is not None
+        hit = compile_regex(self.value).fullmatch(value) is not None
         return hit if self.op == "=~" else not hit
 
 
-_CACHE: dict[str, re.Pattern] = {}
+_CACHE: dict[str, object] = {}
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False  # our own one-line error instead of absl's log on stderr
+_OPTIONS.max_mem = 8 << 20   # bounds a compiled program (RE2's default); bigger patterns are refused
 
 
-def _regex(text: str) -> re.Pattern:
-    if text not in _CACHE:
-        _CACHE[text] = re.compile(text, re.DOTALL)
-    return _CACHE[text]
+def regex_sql(text: str) -> str:
+    """The pattern as handed to DuckDB's RE2 `regexp_full_match` (dot matches newline)."""
+    return f"(?s:{text})"
+
+
+def compile_regex(text: str):
+    """The compiled RE2 pattern of a matcher value; InvalidInputError names what RE2 refused."""
+    pat = _CACHE.get(text)
+    if pat is None:
+        try:
+            pat = re2.compile(regex_sql(text), _OPTIONS)
+        except re2.error as e:
+            msg = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+            raise InvalidInputError(f"invalid regex {text!r}: {msg} (RE2 syntax)") from None
+        if len(_CACHE) > 4096:
+            _CACHE.clear()
+        _CACHE[text] = pat
+    return pat
 
 
 @dataclass(frozen=True)
@@ -78,9 +102,9 @@ def parse_selector(text: str) -> Selector:
             raise InvalidInputError(f"invalid selector {text!r}: unknown operator {m.op}")
         if op in ("=~", "!~"):
             try:
-                _regex(m.value)
-            except re.error as e:
-                raise InvalidInputError(f"invalid selector {text!r}: bad regex {m.value!r}: {e}") from None
+                compile_regex(m.value)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"invalid selector {text!r}: {e}") from None
         matchers.append(Matcher(m.name, op, m.value))
     if not any(m.op in ("=", "=~") and not m.matches("") for m in matchers):
         raise InvalidInputError(f"invalid selector {text!r}: needs at least one matcher that does not match empty")

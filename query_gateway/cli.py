@@ -52,7 +52,10 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               replay_cache: Annotated[str, typer.Option(help="Memory for replayed tier/raw samples of recent remote-read queries (blocks are immutable, so a dashboard's refresh reads nothing twice).")] = "96MiB",
               file_cache_dir: Annotated[Optional[Path], typer.Option(help="Where copies of S3 block files are kept (default: a temp dir); a local bucket is read in place.")] = None,
               file_cache_size: Annotated[str, typer.Option(help="Disk budget for those copies.")] = "8GiB",
-              remote_read_compression: Annotated[str, typer.Option(help="snappy: compress remote-read SAMPLES bodies (slow links); literal: snappy framing without compression (default: cheaper next to Prometheus).")] = "literal") -> None:
+              remote_read_compression: Annotated[str, typer.Option(help="snappy: compress remote-read SAMPLES bodies (slow links); literal: snappy framing without compression (default: cheaper next to Prometheus).")] = "literal",
+              http_timeout: Annotated[str, typer.Option(help="An HTTP socket read/write stalled this long closes the connection; a request body must arrive within it.")] = "60s",
+              http_max_connections: Annotated[int, typer.Option(help="Concurrent HTTP connections (one thread each); more get 503 at once.")] = 128,
+              grpc_max_concurrent: Annotated[int, typer.Option(help="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")] = 64) -> None:
     """Serve until SIGTERM/SIGINT.
 
     Example: strata gateway serve --bucket s3://metrics --grpc-listen 127.0.0.1:10901 --http-listen 127.0.0.1:10902
@@ -68,8 +71,11 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                     cache_bytes=parse_bytes(file_cache_size), replay_cache_bytes=parse_bytes(replay_cache))
     auth = TenantAuth.from_file(default_tenant, auth_tokens_file)
     metrics = GatewayMetrics(engine)
-    gw = Gateway(engine, auth, metrics, compress_remote_read=remote_read_compression == "snappy")
-    grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen)
+    if http_max_connections < 1 or grpc_max_concurrent < 1:
+        raise InvalidInputError("--http-max-connections and --grpc-max-concurrent must be at least 1")
+    gw = Gateway(engine, auth, metrics, compress_remote_read=remote_read_compression == "snappy",
+                 request_timeout_s=parse_duration_ms(http_timeout) / 1000, max_connections=http_max_connections)
+    grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen, max_concurrent=grpc_max_concurrent)
     http_server, http_port = serve_http(gw, http_listen)
     store.list("_strata/index/")  # the bucket answers: ready
     gw.ready.set()

@@ -7,7 +7,6 @@ Adapters turn parts into Thanos AggrChunks, remote-read samples or XOR chunks.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from blocks.layout import DELETION_MARK_FILE, META_FILE
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import BlockListing, load_listing
-from blocks.selectors import Matcher
+from blocks.selectors import Matcher, compile_regex
 from blocks.tiers import decode_logical, decode_windows, stored_for
 from query_gateway.fastxor import encode_runs
 from query_gateway.memory import release as release_memory
@@ -619,11 +618,11 @@ def parse_matchers(pairs: Iterable[tuple[str, int | str, str]]) -> list[Matcher]
         if not name:
             raise InvalidInputError("invalid matcher: empty label name")
         out.append(Matcher(name, ops[typ], value))
-    try:
-        if out and all(m.matches("") for m in out):  # also compiles every regex
-            raise InvalidInputError("at least one matcher must not match the empty string")
-    except re.error as e:
-        raise InvalidInputError(f"invalid regex in matchers: {e}") from None
+    for m in out:
+        if m.op in ("=~", "!~"):
+            compile_regex(m.value)  # RE2, the dialect DuckDB runs: InvalidInputError -> 400 / INVALID_ARGUMENT
+    if out and all(m.matches("") for m in out):
+        raise InvalidInputError("at least one matcher must not match the empty string")
     return out
 
 

@@ -184,12 +184,13 @@ def _serialize(msg) -> bytes:
 
 
 def serve_grpc(engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, listen: str,
-               workers: int = 8) -> tuple[grpc.Server, int]:
+               workers: int = 8, max_concurrent: int = 64) -> tuple[grpc.Server, int]:
     """Start the gRPC server; returns (server, bound port)."""
     from query_gateway import wire
 
     wire.warm_up()  # compile the encoders before the first query
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+    # Calls beyond max_concurrent (running plus queued for a worker) get RESOURCE_EXHAUSTED at once.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), maximum_concurrent_rpcs=max_concurrent,
                          options=[("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.max_receive_message_length", 16 << 20)])
     store = StoreService(engine, auth, metrics)

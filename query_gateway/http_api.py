@@ -29,7 +29,8 @@ from query_gateway.wire import (
     timeseries_bytes, uvarint,
 )
 
-MAX_BODY = 32 << 20
+MAX_BODY = 32 << 20               # a request body (remote-read requests are a few KB)
+MAX_DECOMPRESSED = 32 << 20       # what a snappy request body may claim to expand to
 STREAM_FRAME_BYTES = 1 << 20
 
 
@@ -63,8 +64,12 @@ class Gateway:
     """Everything the HTTP handlers need."""
 
     def __init__(self, engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, *,
-                 compress_remote_read: bool = False) -> None:
+                 compress_remote_read: bool = False, request_timeout_s: float = 60.0,
+                 max_connections: int = 128) -> None:
         self.engine, self.auth, self.metrics = engine, auth, metrics
+        # A socket read or write stalled this long ends the connection; a request body must
+        # arrive within it in all. Connections beyond max_connections get 503 at once.
+        self.request_timeout_s, self.max_connections = request_timeout_s, max_connections
         self.ready = threading.Event()
         # Remote-read SAMPLES bodies are snappy *framed* but by default not compressed: the
         # gateway usually sits next to its Prometheus, and compressing costs about 3 ms of
@@ -76,6 +81,7 @@ def _handler(gw: Gateway):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "strata-gateway"
+        timeout = gw.request_timeout_s  # per socket operation (headers, body, each write)
 
         def log_message(self, fmt, *args):  # quiet; /metrics has the numbers
             return
@@ -94,16 +100,49 @@ def _handler(gw: Gateway):
             self._send(status, json.dumps(doc).encode(), "application/json")
 
         def _body(self) -> bytes:
-            n = int(self.headers.get("Content-Length") or 0)
+            """The request body: Content-Length only, bounded in size and in time."""
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                raise HttpError(411, "bad_data", "send the body with a Content-Length, not Transfer-Encoding")
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                return b""
+            if not raw.strip().isdigit():
+                self.close_connection = True
+                raise HttpError(400, "bad_data", f"invalid Content-Length {raw[:40]!r}")
+            n = int(raw)
             if n > MAX_BODY:
+                self.close_connection = True
                 raise HttpError(413, "bad_data", f"request body of {n} bytes exceeds {MAX_BODY}")
-            return self.rfile.read(n) if n else b""
+            deadline = time.monotonic() + gw.request_timeout_s
+            chunks, got = [], 0
+            while got < n:
+                if time.monotonic() > deadline:
+                    self.close_connection = True
+                    raise HttpError(408, "timeout", f"request body not received within {gw.request_timeout_s:g}s")
+                try:
+                    chunk = self.rfile.read1(min(n - got, 1 << 20))
+                except TimeoutError:
+                    chunk = None
+                if chunk is None:
+                    self.close_connection = True
+                    raise HttpError(408, "timeout", f"request body stalled for {gw.request_timeout_s:g}s")
+                if not chunk:
+                    self.close_connection = True
+                    raise HttpError(400, "bad_data", f"request body ended after {got} of {n} bytes")
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
 
         def _params(self) -> dict:
             url = urlparse(self.path)
             values = parse_qs(url.query, keep_blank_values=True)
             if self.command == "POST" and "form-urlencoded" in (self.headers.get("Content-Type") or ""):
-                for k, v in parse_qs(self._body().decode(), keep_blank_values=True).items():
+                try:
+                    form = self._body().decode()
+                except UnicodeDecodeError:
+                    raise HttpError(400, "bad_data", "form body is not UTF-8") from None
+                for k, v in parse_qs(form, keep_blank_values=True).items():
                     values.setdefault(k, []).extend(v)
             return values
 
@@ -167,7 +206,13 @@ def _handler(gw: Gateway):
                 if api in ("remote_read", "series", "labels", "label_values"):
                     release_memory()
 
-        do_GET = do_POST = _dispatch
+        def _dispatch_safely(self) -> None:
+            try:
+                self._dispatch()
+            except OSError:  # the client went away mid-answer (or stalled past the timeout)
+                self.close_connection = True
+
+        do_GET = do_POST = _dispatch_safely
 
         # ---- Prometheus HTTP API -------------------------------------------------------------
         def _range(self, values: dict, tenant: str) -> tuple[int, int] | None:
@@ -212,8 +257,14 @@ def _handler(gw: Gateway):
         # ---- remote read ---------------------------------------------------------------------
         def _remote_read(self) -> None:
             tenant = self._tenant()
+            body = self._body()
+            claimed = snappy_length(body)
+            if claimed is None:
+                raise HttpError(400, "bad_data", "invalid remote-read request: not a snappy block")
+            if claimed > MAX_DECOMPRESSED:
+                raise HttpError(413, "bad_data", f"remote-read request expands to {claimed} bytes, over {MAX_DECOMPRESSED}")
             try:
-                req = prom_remote_pb2.ReadRequest.FromString(bytes(cramjam.snappy.decompress_raw(self._body())))
+                req = prom_remote_pb2.ReadRequest.FromString(bytes(cramjam.snappy.decompress_raw(body)))
             except (cramjam.DecompressionError, DecodeError, ValueError) as e:
                 raise HttpError(400, "bad_data", f"invalid remote-read request (snappy block + protobuf): {e}") from None
             streamed = prom_remote_pb2.ReadRequest.STREAMED_XOR_CHUNKS in req.accepted_response_types
@@ -329,14 +380,66 @@ def _samples_of(s, func: str):
     return np.concatenate([g[0] for g in got]), np.concatenate([g[1] for g in got])
 
 
+def snappy_length(body: bytes) -> int | None:
+    """The uncompressed length a snappy block claims (its uvarint preamble); None if malformed."""
+    n = shift = 0
+    for i, b in enumerate(body[:10]):
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n if i < 5 else None  # snappy lengths are at most 32 bits
+        shift += 7
+    return None
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most `max_connections` of them; beyond that, 503 at once."""
+
+    daemon_threads = True
+    request_queue_size = 1024  # the listen backlog: a burst waits to be accepted (and refused), not dropped
+
+    def __init__(self, address, handler, max_connections: int, on_reject=None) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._on_reject = on_reject
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = b'{"status":"error","errorType":"unavailable","error":"too many connections; retry"}'
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: "
+                                + str(len(body)).encode() + b"\r\n\r\n" + body)
+                request.shutdown(socket.SHUT_WR)
+                request.setblocking(False)
+                request.recv(1 << 16)  # what the client already sent: closing over unread data would RST away our 503
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            if self._on_reject:
+                self._on_reject()
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve_http(gw: Gateway, listen: str) -> tuple[ThreadingHTTPServer, int]:
     """Start the HTTP server in a thread; returns (server, bound port)."""
     from query_gateway import wire
 
     wire.warm_up()  # compile the encoders before the first query
     host, _, port = listen.rpartition(":")
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), _handler(gw))
-    server.daemon_threads = True
+    server = BoundedHTTPServer((host or "127.0.0.1", int(port)), _handler(gw), gw.max_connections,
+                               on_reject=lambda: gw.metrics.observe("overload", "503", 0.0))
     threading.Thread(target=server.serve_forever, name="strata-http", daemon=True).start()
     return server, server.server_address[1]
 

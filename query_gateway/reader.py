@@ -27,7 +27,7 @@ from blocks.layout import SAMPLES_FILE, SERIES_FILE
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
 from query_gateway.fastxor import _jit
-from blocks.selectors import Matcher
+from blocks.selectors import Matcher, regex_sql
 from blocks.series import label_column, series_labels
 from query_gateway.filecache import LocalFiles
 
@@ -158,7 +158,7 @@ class BlockReader:
                 where.append(f"NOT regexp_full_match({expr}, ?)")
             else:
                 raise ValueError(f"unknown matcher op {m.op!r}")
-            params.append(m.value)
+            params.append(regex_sql(m.value) if m.op in ("=~", "!~") else m.value)
         con = self._con()
         con.register("series_t", table)
         try:
