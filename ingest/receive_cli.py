@@ -29,6 +29,7 @@ def receive_cmd(wal_dir: Annotated[Path, typer.Option(help="WAL segments and sta
                 block_range: Annotated[str, typer.Option(help="Raw block range; blocks are aligned to it.")] = "2h",
                 ooo_grace: Annotated[str, typer.Option(help="How long after a range ends its late samples are still taken before it is sealed.")] = "30m",
                 future_window: Annotated[str, typer.Option(help="Samples further ahead of this machine's clock are refused.")] = "10m",
+                max_sample_age: Annotated[str, typer.Option(help="Samples older than this (by this machine's clock) are refused; older data goes through `strata import`.")] = "24h",
                 max_head_bytes: Annotated[str, typer.Option(help="Head memory limit; above it writes get 503 and the sender retries.")] = "4GiB",
                 max_request_bytes: Annotated[str, typer.Option(help="Largest decompressed request (413 above).")] = "64MiB",
                 wal_segment_size: Annotated[str, typer.Option(help="WAL segment size (segments also end at every seal; each one re-declares the series it uses, so keep it well above series x 250 B).")] = "1GiB",
@@ -47,7 +48,7 @@ def receive_cmd(wal_dir: Annotated[Path, typer.Option(help="WAL segments and sta
     store = open_store(load_store_config(bucket, config))
     cfg = ReceiverConfig(
         wal_dir=wal_dir, block_range_ms=parse_duration_ms(block_range), grace_ms=_dur0(ooo_grace),
-        future_ms=_dur0(future_window), max_head_bytes=parse_bytes(max_head_bytes),
+        future_ms=_dur0(future_window), max_age_ms=parse_duration_ms(max_sample_age), max_head_bytes=parse_bytes(max_head_bytes),
         max_request_bytes=parse_bytes(max_request_bytes), segment_bytes=parse_bytes(wal_segment_size),
         commit_delay_s=_dur0(wal_commit_delay) / 1000, seal_interval_s=parse_duration_ms(seal_interval) / 1000,
         label_limits=LabelLimits(max_label_names, max_label_name_length, max_label_value_length))

@@ -54,7 +54,8 @@ R_SERIES, R_SAMPLES, R_METADATA = 1, 2, 3
 STATE_FILE = "state.json"
 LOCK_FILE = "LOCK"
 SAMPLE_BYTES = 20      # head cost per sample: int32 id + int64 ts + float64 value
-SERIES_BYTES = 250     # rough head cost per series (keys and dict slots)
+CHUNK_BYTES = 400      # one appended request: three numpy arrays and their tuple
+# per-series costs: ingest.rw_decode.SERIES_OVERHEAD (+ the series' key bytes)
 
 
 class NotReady(StrataError):
@@ -73,6 +74,7 @@ class ReceiverConfig:
     block_range_ms: int = 2 * 3600 * 1000
     grace_ms: int = 30 * 60 * 1000           # out-of-order window after a range ends
     future_ms: int = 10 * 60 * 1000          # samples further ahead of the clock are refused
+    max_age_ms: int = 24 * 3600 * 1000       # samples older than this (by the clock) are refused: use `strata import`
     max_head_bytes: int = 4 << 30
     max_request_bytes: int = 64 << 20        # decompressed
     segment_bytes: int = 1 << 30             # each segment re-declares the series it uses
@@ -83,8 +85,8 @@ class ReceiverConfig:
     receiver_id: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
-        if self.block_range_ms <= 0 or self.grace_ms < 0 or self.future_ms < 0:
-            raise InvalidInputError("block range must be positive; grace and future windows non-negative")
+        if self.block_range_ms <= 0 or self.grace_ms < 0 or self.future_ms < 0 or self.max_age_ms <= 0:
+            raise InvalidInputError("block range and max sample age must be positive; grace and future windows non-negative")
 
 
 @dataclass
@@ -322,8 +324,9 @@ class Receiver:
         return h
 
     def head_bytes(self) -> int:
-        """Approximate head memory."""
-        return sum(h.samples * SAMPLE_BYTES + len(h.table) * SERIES_BYTES for h in list(self.heads.values()))
+        """Head memory: samples, chunk objects and series tables, from measured per-item costs."""
+        return sum(h.samples * SAMPLE_BYTES + len(h.chunks) * CHUNK_BYTES + h.table.memory_bytes()
+                   for h in list(self.heads.values()))
 
     # ---- writes ------------------------------------------------------------------------------
     def write(self, tenant: str, raw: bytes) -> WriteResult:
@@ -356,10 +359,15 @@ class Receiver:
             d = decode_request(raw, h.table, self.cfg.label_limits)
             sids, ts, values = d.sids, d.ts, d.values
             old = ts < h.sealed_until
+            ancient = (ts < now - self.cfg.max_age_ms) & ~old
             future = ts > now + self.cfg.future_ms
             if old.any():
                 d.reject("too_old", int(old.sum()), f"sample at {int(ts[np.argmax(old)])} ms is older than "
                                                     f"what is already sealed ({h.sealed_until} ms)")
+            if ancient.any():
+                d.reject("too_old", int(ancient.sum()), f"sample at {int(ts[np.argmax(ancient)])} ms is more than "
+                         f"{self.cfg.max_age_ms // 1000}s older than the receiver's clock (backfill with `strata import`)")
+                old |= ancient
             if future.any():
                 d.reject("too_far_in_future", int(future.sum()), f"sample at {int(ts[np.argmax(future)])} ms is more "
                          f"than {self.cfg.future_ms // 1000}s ahead of the receiver's clock")
@@ -589,7 +597,7 @@ class Receiver:
                 m = np.concatenate([m, np.full(int(wal_sids.max()) + 1 - len(m), -1, np.int64)])
             for w, key in zip(wal_sids.tolist(), keys):
                 sid = h.table.intern_canon(key)
-                h.table.by_wire.setdefault(key, sid)
+                h.table.add_wire(key, sid)
                 m[w] = sid
             maps[tenant] = m
         elif rtype == R_SAMPLES:

@@ -137,6 +137,13 @@ def _validate(pairs: list[tuple[bytes, bytes]], limits: LabelLimits) -> tuple[La
     return tuple(sorted((k, v) for k, v in out.items() if v != "")), False
 
 
+# Head memory per series beyond its key bytes: the bytes object, its entries in the by-wire and
+# by-canonical dicts, the id int, list and per-series array slots. Measured with
+# `bench/head_memory.py` (RSS growth over 200k new series, after gc + malloc_trim).
+SERIES_OVERHEAD = 200
+WIRE_KEY_OVERHEAD = 40  # a wire key that differs from its canonical key: its bytes object (its dict entry is in SERIES_OVERHEAD)
+
+
 class SeriesTable:
     """One tenant's series: wire keys and canonical keys -> dense ids; ids -> canonical key.
 
@@ -148,6 +155,8 @@ class SeriesTable:
         self.by_wire: dict[bytes, int] = {}
         self.by_canon: dict[bytes, int] = {}
         self.canon: list[bytes] = []
+        self.key_bytes = 0      # payload bytes of every key object held (canonical and wire-only)
+        self.wire_only = 0      # wire keys that are not also a canonical key (labels sent unsorted...)
 
     def __len__(self) -> int:
         return len(self.canon)
@@ -158,7 +167,22 @@ class SeriesTable:
         if sid is None:
             sid = self.by_canon[key] = len(self.canon)
             self.canon.append(key)
+            self.key_bytes += len(key)
         return sid
+
+    def add_wire(self, wire: bytes, sid: int) -> None:
+        """Remember that `wire` (as sent) means series `sid`."""
+        if wire in self.by_wire:
+            return
+        self.by_wire[wire] = sid
+        if wire != self.canon[sid]:
+            self.wire_only += 1
+            self.key_bytes += len(wire)
+
+    def memory_bytes(self) -> int:
+        """What the table holds in memory: measured per-entry costs plus the keys' bytes
+        (bench/head_memory.py re-measures them against RSS)."""
+        return len(self.canon) * SERIES_OVERHEAD + self.wire_only * WIRE_KEY_OVERHEAD + self.key_bytes
 
     def labels(self, sid: int) -> Labels:
         """Canonical labels of an id."""
@@ -171,6 +195,9 @@ class SeriesTable:
         self.canon = [self.canon[i] for i in alive.tolist()]
         self.by_canon = {k: i for i, k in enumerate(self.canon)}
         self.by_wire = {k: int(remap[v]) for k, v in self.by_wire.items() if remap[v] >= 0}
+        wire_only = [k for k, v in self.by_wire.items() if k != self.canon[v]]
+        self.wire_only = len(wire_only)
+        self.key_bytes = sum(map(len, self.canon)) + sum(map(len, wire_only))
         return remap
 
 
@@ -315,7 +342,7 @@ def _intern(table: SeriesTable, wire: bytes, pairs: list[tuple[bytes, bytes]], l
     """Id for a new wire key, validating its labels (SeriesRejected if invalid)."""
     labels, canonical = _validate(pairs, limits)
     sid = table.intern_canon(wire if canonical else encode_labels(labels))
-    table.by_wire[wire] = sid
+    table.add_wire(wire, sid)
     return sid
 
 

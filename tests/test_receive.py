@@ -107,6 +107,33 @@ def test_old_samples_are_refused_after_a_seal_and_the_rest_kept(rx):
     assert got == Counter({((("__name__", "up"),), T0 + 1000, bits(1.0)): 1, ((("__name__", "up"),), T0 + 5000, bits(2.0)): 1})
 
 
+def test_samples_outside_the_sane_time_window_are_refused(rx):
+    now = rx.clock()
+    status, body = rx.write([({"__name__": "a"}, [(0, 1.0)]), ({"__name__": "b"}, [(-(1 << 61), 2.0)]),
+                             ({"__name__": "c"}, [(now - 25 * H, 3.0)]), ({"__name__": "d"}, [(now - 23 * H, 4.0)]),
+                             ({"__name__": "e"}, [(now + 11 * 60_000, 5.0)])])
+    assert status == 400 and b"too_old=3" in body and b"too_far_in_future=1" in body and b"1 accepted" in body
+    assert b"strata import" in body  # says where old data goes
+    post(rx.port, b"", path="/-/flush")
+    got = sealed_samples(rx.store, "default")
+    assert got == Counter({((("__name__", "d"),), now - 23 * H, bits(4.0)): 1})
+
+
+def test_head_accounting_is_within_20_percent_of_measured_rss():
+    """bench/head_memory.py in fresh processes: RSS growth of 60k new series against head_bytes()."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "head_memory.py"), "--series", "60000", "--json"],
+                         capture_output=True, text=True, check=True, cwd=root).stdout
+    rows = json.loads(out.strip().splitlines()[-1])
+    assert len(rows) == 3
+    for r in rows:
+        assert 0.8 <= r["ratio"] <= 1.2, r
+        assert r["rss_bytes_per_series"] > 300  # the old flat 250 B/series would be far off
+
+
 def test_bad_input_gets_4xx_and_writes_nothing(rx):
     before = sum(p.stat().st_size for _, p in list_segments(rx.wal_dir))
     assert post(rx.port, b"not snappy at all")[0] == 400
