@@ -130,10 +130,12 @@ def verify_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     store = open_store(load_store_config(bucket, config))
     report = verify_bucket(store, validate_tenant(tenant) if tenant else None, deep=not shallow)
     data = {"checked": report.checked, "ok": report.ok,
-            "problems": [{"tenant": t, "block": b, "problems": p} for (t, b), p in sorted(report.problems.items())]}
+            "problems": [{"tenant": t, "block": b, "problems": p} for (t, b), p in sorted(report.problems.items())],
+            "notes": [{"tenant": t, "block": b, "note": n} for (t, b), n in sorted(report.notes.items())]}
 
     def text(d: dict) -> str:
         lines = [f"{p['tenant']}/{p['block']}: {msg}" for p in d["problems"] for msg in p["problems"]]
+        lines += [f"{n['tenant']}/{n['block']}: note: {n['note']}" for n in d["notes"]]
         lines.append(f"verified {d['checked']} blocks: " + ("ok" if d["ok"] else f"{len(d['problems'])} with problems"))
         return "\n".join(lines)
 

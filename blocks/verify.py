@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from blocks.errors import BlockCorruptError, ObjectNotFound, StrataError
-from blocks.layout import MARK_FILES, META_FILE, SAMPLES_FILE, SERIES_FILE, block_file_key, tenant_prefix
+from blocks.imports import unfinished_import_blocks
+from blocks.layout import MARK_FILES, META_FILE, SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, tenant_prefix
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
 from blocks.reader import list_tenants, load_meta, open_object
@@ -140,6 +141,7 @@ class VerifyReport:
 
     checked: int = 0
     problems: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    notes: dict[tuple[str, str], str] = field(default_factory=dict)  # not problems
 
     @property
     def ok(self) -> bool:
@@ -152,12 +154,19 @@ def verify_bucket(store: ObjectStore, tenant: str | None = None, *, deep: bool =
     report = VerifyReport()
     for t in [tenant] if tenant else list_tenants(store):
         dirs = sorted({k.split("/")[1] for k in store.list(tenant_prefix(t)) if k.count("/") >= 2})
+        importing = unfinished_import_blocks(store, t)
         for block_id in dirs:
             if not is_ulid(block_id):
                 report.problems[(t, block_id)] = ["directory name is not a block ULID"]
                 continue
             report.checked += 1
             found = verify_block(store, t, block_id, deep=deep)
+            if found and block_id in importing and not store.exists(meta_key(t, block_id)):
+                m = importing[block_id]
+                report.notes[(t, block_id)] = (
+                    f"partial upload of unfinished import {m.get('import_id')} (started "
+                    f"{m.get('started_at')} ms): rerun the same `strata import` to finish it")
+                continue
             if found:
                 report.problems[(t, block_id)] = found
     return report

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
 import time
 from enum import Enum
 from pathlib import Path
@@ -11,13 +14,16 @@ import typer
 
 from blocks.cli_common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
-    parse_duration_ms, parse_time_ms, render,
+    is_tty, parse_duration_ms, parse_time_ms, render,
 )
 from blocks.errors import InvalidInputError
 from blocks.layout import validate_tenant
-from blocks.objstore import open_store
+from blocks.objstore import make_s3_client, open_store
+from blocks.units import parse_bytes
 from ingest.generate import GenSpec, generate_prepared, write_openmetrics, write_parquet_long
-from ingest.importer import import_files, write_prepared
+from ingest.importer import write_prepared
+from ingest.stream_import import ImportOptions, Interrupted, run_import
+from ingest.streamparse import TimeWindow
 
 
 class InFormat(str, Enum):
@@ -30,8 +36,17 @@ class InFormat(str, Enum):
 
 
 def _import_text(d: dict) -> str:
-    lines = [f"imported {d['files']} files: {d['samples_read']:,} samples read, "
-             f"{d['samples_written']:,} written, {d['series']:,} series, {len(d['blocks'])} blocks"]
+    if d["already_imported"]:
+        return (f"already imported: this input (import {d['import_id']}) was imported completely "
+                "before; nothing written (--force imports it again as new blocks)")
+    if d["empty"]:
+        return f"no samples in {d['files']} file(s); nothing imported"
+    lines = [f"imported {d['files']} files ({fmt_bytes(d['bytes_read'])}): {d['samples_read']:,} samples read, "
+             f"{d['samples_written']:,} written, {d['series']:,} series, {len(d['blocks'])} blocks "
+             f"in {d['seconds']}s ({d['samples_per_s']:,} samples/s, peak RSS {fmt_bytes(d['peak_rss_bytes'])})"]
+    if d["blocks_skipped"]:
+        lines.append(f"resumed import {d['import_id']}: {d['blocks_skipped']} blocks were already committed "
+                     "by an earlier, interrupted run")
     if d["duplicates_dropped"] or d["conflicts_last_wins"]:
         lines.append(f"duplicates dropped: {d['duplicates_dropped']:,} identical, "
                      f"{d['conflicts_last_wins']:,} same timestamp with another value (last wins)")
@@ -43,17 +58,108 @@ def _import_text(d: dict) -> str:
     return "\n".join(lines)
 
 
+class _Progress:
+    """A rich bar on a terminal; JSON progress events on stderr (every `every_s`) otherwise."""
+
+    def __init__(self, tty: bool, every_s: float):
+        self.tty, self.every_s = tty, every_s
+        self.t0 = self.last = time.monotonic()
+        self.bar = None
+        if tty:
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+            self.bar = Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), DownloadColumn(),
+                                TransferSpeedColumn(), TextColumn("{task.fields[samples]:,} samples"),
+                                TextColumn("{task.fields[rate]:,.0f}/s"), TimeRemainingColumn(),
+                                transient=True, console=_stderr_console())
+            self.task = None
+
+    def __call__(self, ev: dict) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self.t0, 1e-9)
+        rate = ev["samples"] / elapsed
+        if self.bar is not None:
+            if self.task is None:
+                self.bar.start()
+                self.task = self.bar.add_task("import", total=ev["total_bytes"], phase="read",
+                                              samples=0, rate=0.0)
+            phase = "read" if ev["phase"] == "read" else f"write {ev['blocks_done']}/{ev['blocks_total']} blocks"
+            self.bar.update(self.task, completed=ev["bytes_read"], phase=phase, samples=ev["samples"], rate=rate)
+            return
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        out = {"event": "import_progress", "ts": round(time.time(), 3), **ev,
+               "elapsed_s": round(elapsed, 3), "samples_per_s": round(rate)}
+        if ev["phase"] == "read" and ev["bytes_read"]:
+            out["eta_s"] = round(elapsed * (ev["total_bytes"] - ev["bytes_read"]) / ev["bytes_read"], 1)
+        typer.echo(json.dumps(out), err=True)
+
+    def close(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.stop()
+
+
+def _stderr_console():
+    from rich.console import Console
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """SIGINT/SIGTERM raise Interrupted in the main thread (once; a second signal is ignored)."""
+    def handler(signum, _frame):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
 @cli_errors
-def import_cmd(files: Annotated[list[Path], typer.Argument(help="OpenMetrics/Prometheus text or Parquet files.")],
+def import_cmd(files: Annotated[list[str], typer.Argument(help="OpenMetrics/Prometheus text or long-format Parquet: local files or s3://bucket/prefix/*.om.gz globs; .gz/.zst are decompressed as a stream.")],
                tenant: Annotated[str, typer.Option(help="Tenant to import into.")],
                bucket: BucketOpt = None, config: ConfigOpt = None,
-               format: Annotated[InFormat, typer.Option("--format", help="Input format (auto: .parquet by extension; text ending in '# EOF' is OpenMetrics).")] = InFormat.auto,
+               format: Annotated[InFormat, typer.Option("--format", help="Input format (auto: by extension; text ending in '# EOF' is OpenMetrics).")] = InFormat.auto,
                block_range: Annotated[str, typer.Option(help="Raw block range, aligned to the epoch.")] = "2h",
+               memory_budget: Annotated[str, typer.Option(help="Working memory for parsing and sorting (peak RSS is about this plus ~210MiB of code); larger inputs spill to scratch disk.")] = "512MiB",
+               allow_any_time: Annotated[bool, typer.Option("--allow-any-time", help="Accept timestamps before 2000-01-01 or more than a day ahead.")] = False,
+               allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Input without samples is a no-op with a message, not an error.")] = False,
+               force: Annotated[bool, typer.Option("--force", help="Import again an input that was already imported completely.")] = False,
+               progress_every: Annotated[float, typer.Option(help="Seconds between JSON progress events off a terminal.")] = 2.0,
                output: OutputOpt = Output.text) -> None:
-    """Import files into raw blocks; a malformed file fails with file:line and writes nothing."""
-    store = open_store(load_store_config(bucket, config))
-    report = import_files(store, validate_tenant(tenant), files, now_ms=int(time.time() * 1000),
-                          fmt=format.value, block_range_ms=parse_duration_ms(block_range))
+    """Import files into raw blocks, streaming with bounded memory.
+
+    A malformed line anywhere fails with file:line and writes nothing. A rerun after a crash
+    finishes the same blocks; a rerun of a finished import writes nothing. SIGINT/SIGTERM stop it
+    and remove what it uploaded.
+    """
+    cfg = load_store_config(bucket, config)
+    store = open_store(cfg)
+    now = int(time.time() * 1000)
+    opts = ImportOptions(fmt=format.value, block_range_ms=parse_duration_ms(block_range),
+                         memory_budget=parse_bytes(memory_budget),
+                         window=None if allow_any_time else TimeWindow.default(now),
+                         allow_empty=allow_empty, force=force)
+    progress = _Progress(is_tty(), progress_every)
+    t0 = time.monotonic()
+    try:
+        with _interruptible():
+            report = run_import(store, validate_tenant(tenant), files, now_ms=now, opts=opts,
+                                progress=progress, s3_client_factory=lambda: make_s3_client(cfg))
+    except Interrupted as e:
+        progress.close()
+        name = signal.Signals(e.signum).name
+        typer.echo(f"interrupted by {name} after {time.monotonic() - t0:.1f}s: import stopped; "
+                   f"removed {e.removed} block(s) it had uploaded and its manifest, nothing of it "
+                   "remains in the bucket", err=True)
+        raise typer.Exit(128 + e.signum) from None
+    progress.close()
     render(output, report.as_dict(), _import_text)
 
 

@@ -1,4 +1,4 @@
-"""Import files into raw blocks: parse everything, then cut aligned blocks; all or nothing."""
+"""The in-memory importer (test oracle of `ingest.stream_import`) and `write_prepared` for generated data."""
 
 from __future__ import annotations
 
@@ -135,11 +135,23 @@ def write_prepared(store: ObjectStore, tenant: str, prep: PreparedSamples, *, no
     return written
 
 
-def import_files(store: ObjectStore, tenant: str, paths: Sequence[Path], *, now_ms: int,
+def import_files(store: ObjectStore, tenant: str, paths: Sequence, *, now_ms: int,
                  fmt: str = "auto", block_range_ms: int = DEFAULT_BLOCK_RANGE_MS,
                  options: WriterOptions = WriterOptions(),
-                 external_labels: dict[str, str] | None = None) -> ImportReport:
-    """Parse every file first (any error aborts before a single write), then write blocks."""
+                 external_labels: dict[str, str] | None = None, **kw):
+    """Import files with the streaming importer (`ingest.stream_import.run_import`)."""
+    from ingest.stream_import import ImportOptions, run_import
+    opts = ImportOptions(fmt=fmt, block_range_ms=block_range_ms, writer=options,
+                         external_labels=dict(external_labels or {}),
+                         **{k: kw.pop(k) for k in list(kw) if k in ImportOptions.__dataclass_fields__})
+    return run_import(store, tenant, paths, now_ms=now_ms, opts=opts, **kw)
+
+
+def reference_import(store: ObjectStore, tenant: str, paths: Sequence[Path], *, now_ms: int,
+                     fmt: str = "auto", block_range_ms: int = DEFAULT_BLOCK_RANGE_MS,
+                     options: WriterOptions = WriterOptions(),
+                     external_labels: dict[str, str] | None = None) -> ImportReport:
+    """The in-memory importer: parse everything with polars, then write. The tests' oracle."""
     validate_tenant(tenant)
     if not paths:
         raise InvalidInputError("no input files")

@@ -24,7 +24,7 @@ def test_generate_import_ls_inspect_verify(tmp_path):
     assert r.exit_code == 0, r.output
     r = run("import", "--bucket", bucket, "--tenant", "demo", "--output", "json", str(om))
     assert r.exit_code == 0, r.output
-    imported = json.loads(r.output)
+    imported = json.loads(r.stdout)
     assert imported["samples_written"] == 49 * 720 and len(imported["blocks"]) == 2
     r = run("blocks", "ls", "--bucket", bucket, "-o", "json")
     rows = json.loads(r.output)
