@@ -35,6 +35,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python bench/bench_raw.py
+	$(BIN)/python bench/bench_import.py
 	$(BIN)/python bench/bench_tiers.py
 	$(BIN)/python bench/bench_compact.py
 	$(BIN)/python bench/bench_query.py

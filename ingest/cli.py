@@ -20,6 +20,7 @@ from blocks.errors import InvalidInputError
 from blocks.layout import validate_tenant
 from blocks.objstore import make_s3_client, open_store
 from blocks.units import parse_bytes
+from blocks.writer import WriterOptions
 from ingest.generate import GenSpec, generate_prepared, write_openmetrics, write_parquet_long
 from ingest.importer import write_prepared
 from ingest.stream_import import ImportOptions, Interrupted, run_import
@@ -127,7 +128,8 @@ def import_cmd(files: Annotated[list[str], typer.Argument(help="OpenMetrics/Prom
                bucket: BucketOpt = None, config: ConfigOpt = None,
                format: Annotated[InFormat, typer.Option("--format", help="Input format (auto: by extension; text ending in '# EOF' is OpenMetrics).")] = InFormat.auto,
                block_range: Annotated[str, typer.Option(help="Raw block range, aligned to the epoch.")] = "2h",
-               memory_budget: Annotated[str, typer.Option(help="Working memory for parsing and sorting (peak RSS is about this plus ~210MiB of code); larger inputs spill to scratch disk.")] = "512MiB",
+               memory_budget: Annotated[str, typer.Option(help="Working memory for parsing and sorting (peak RSS is about this plus ~240MiB of code); samples spill to --scratch-dir.")] = "512MiB",
+               scratch_dir: Annotated[Optional[Path], typer.Option(help="Scratch directory (~20 bytes per sample); default $TMPDIR.")] = None,
                allow_any_time: Annotated[bool, typer.Option("--allow-any-time", help="Accept timestamps before 2000-01-01 or more than a day ahead.")] = False,
                allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Input without samples is a no-op with a message, not an error.")] = False,
                force: Annotated[bool, typer.Option("--force", help="Import again an input that was already imported completely.")] = False,
@@ -145,7 +147,8 @@ def import_cmd(files: Annotated[list[str], typer.Argument(help="OpenMetrics/Prom
     opts = ImportOptions(fmt=format.value, block_range_ms=parse_duration_ms(block_range),
                          memory_budget=parse_bytes(memory_budget),
                          window=None if allow_any_time else TimeWindow.default(now),
-                         allow_empty=allow_empty, force=force)
+                         allow_empty=allow_empty, force=force,
+                         writer=WriterOptions(scratch_dir=str(scratch_dir) if scratch_dir else None))
     progress = _Progress(is_tty(), progress_every)
     t0 = time.monotonic()
     try:

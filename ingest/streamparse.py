@@ -210,8 +210,14 @@ def parse_text_chunk(buf: bytes, name: str, fmt: str, first_line: int, state: Te
     if not ks.spans_equal_to_first(arr, sa, sb, first, inverse.reshape(-1), fresh[rows]):  # a 64-bit hash collision: exact path
         keys = [bytes(arr[a:b]) for a, b in zip(sa.tolist(), sb.tolist())]
         uniq: dict[bytes, int] = {}
-        inverse = np.array([uniq.setdefault(k, len(uniq)) for k in keys], np.int64)
-        first = np.array([keys.index(k) for k in uniq], np.int64)
+        firsts: list[int] = []
+        inv = []
+        for j, k in enumerate(keys):
+            u = uniq.setdefault(k, len(uniq))
+            if u == len(firsts):
+                firsts.append(j)
+            inv.append(u)
+        inverse, first = np.array(inv, np.int64), np.array(firsts, np.int64)
     local = np.empty(len(first), np.int32)
     for u, j in enumerate(first.tolist()):
         i = int(rows[j])
