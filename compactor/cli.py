@@ -13,6 +13,7 @@ from ingest.cli import generate_cmd, import_cmd
 from ingest.receive_cli import receive_cmd
 from retention.cli import app as retention_app
 from query_gateway.cli import app as gateway_app
+from query_gateway.sql_cli import sql_cmd
 
 app = typer.Typer(
     name="strata",
@@ -25,6 +26,7 @@ app.command("import")(import_cmd)
 app.command("generate")(generate_cmd)
 app.command("compact")(compact_cmd)
 app.command("receive")(receive_cmd)
+app.command("sql")(sql_cmd)
 app.add_typer(blocks_app, name="blocks")
 app.add_typer(retention_app, name="retention")
 app.add_typer(gateway_app, name="gateway")

@@ -62,3 +62,9 @@ class TenantAuth:
                 raise Forbidden(f"token may not read tenant {asked!r}")
             return owner
         return asked or self.default_tenant
+
+    def visible_tenants(self, all_tenants: list[str], resolved: str) -> list[str]:
+        """Tenants a caller may pick in the UI: with tokens only its own, else every tenant."""
+        if self.tokens:
+            return [resolved]
+        return sorted(set(all_tenants) | {resolved})

@@ -55,7 +55,9 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               remote_read_compression: Annotated[str, typer.Option(help="snappy: compress remote-read SAMPLES bodies (slow links); literal: snappy framing without compression (default: cheaper next to Prometheus).")] = "literal",
               http_timeout: Annotated[str, typer.Option(help="An HTTP socket read/write stalled this long closes the connection; a request body must arrive within it.")] = "60s",
               http_max_connections: Annotated[int, typer.Option(help="Concurrent HTTP connections (one thread each); more get 503 at once.")] = 128,
-              grpc_max_concurrent: Annotated[int, typer.Option(help="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")] = 64) -> None:
+              grpc_max_concurrent: Annotated[int, typer.Option(help="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")] = 64,
+              sql_max_rows: Annotated[int, typer.Option(help="POST /api/v1/sql: rows per answer (more: 422).")] = 100_000,
+              sql_timeout: Annotated[str, typer.Option(help="POST /api/v1/sql: a query running longer is cancelled (422).")] = "30s") -> None:
     """Serve until SIGTERM/SIGINT.
 
     Example: strata gateway serve --bucket s3://metrics --grpc-listen 127.0.0.1:10901 --http-listen 127.0.0.1:10902
@@ -73,8 +75,12 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     metrics = GatewayMetrics(engine)
     if http_max_connections < 1 or grpc_max_concurrent < 1:
         raise InvalidInputError("--http-max-connections and --grpc-max-concurrent must be at least 1")
+    from retention.summary import retention_summary  # the UI's retention panel (read-only)
+    delay_ms = parse_duration_ms(deletion_delay)
     gw = Gateway(engine, auth, metrics, compress_remote_read=remote_read_compression == "snappy",
-                 request_timeout_s=parse_duration_ms(http_timeout) / 1000, max_connections=http_max_connections)
+                 request_timeout_s=parse_duration_ms(http_timeout) / 1000, max_connections=http_max_connections,
+                 sql_max_rows=sql_max_rows, sql_timeout_s=parse_duration_ms(sql_timeout) / 1000,
+                 retention_info=lambda tenant: retention_summary(store, tenant, delay_ms=delay_ms))
     grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen, max_concurrent=grpc_max_concurrent)
     http_server, http_port = serve_http(gw, http_listen)
     store.list("_strata/index/")  # the bucket answers: ready

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import json
+import math
 import select
 import socket
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import parse_qs, unquote, urlparse
 
 import cramjam
 import numpy as np
+import pyarrow as pa
 from google.protobuf.message import DecodeError
 
 from blocks.cli_common import parse_time_ms
 from blocks.errors import InvalidInputError, RetryableError
 from blocks.selectors import parse_selector
+from blocks.reader import list_tenants
 from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
+from query_gateway.sql import SqlError, SqlLimit, SqlSession, TenantBlocks
+from query_gateway.ui import UI_PAGE, bucket_document
 from query_gateway.convert import REPLAY_COLUMNS, derived_samples, prefers_raw, replay_mode, replay_windows
 from query_gateway.engine import Engine, LimitExceeded, Matcher, SeriesData, parse_matchers
 from query_gateway.memory import release as release_memory
@@ -65,8 +73,12 @@ class Gateway:
 
     def __init__(self, engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, *,
                  compress_remote_read: bool = False, request_timeout_s: float = 60.0,
-                 max_connections: int = 128) -> None:
+                 max_connections: int = 128, sql_max_rows: int = 100_000, sql_timeout_s: float = 30.0,
+                 retention_info: Callable[[str], dict] | None = None) -> None:
         self.engine, self.auth, self.metrics = engine, auth, metrics
+        # POST /api/v1/sql: rows and time per query; the UI's retention panel (policy + plan).
+        self.sql_max_rows, self.sql_timeout_s = sql_max_rows, sql_timeout_s
+        self.retention_info = retention_info
         # A socket read or write stalled this long ends the connection; a request body must
         # arrive within it in all. Connections beyond max_connections get 503 at once.
         self.request_timeout_s, self.max_connections = request_timeout_s, max_connections
@@ -179,6 +191,19 @@ def _handler(gw: Gateway):
                 elif path == "/api/v1/series":
                     api = "series"
                     self._series()
+                elif path == "/api/v1/sql":
+                    api = "sql"
+                    if self.command != "POST":
+                        raise HttpError(405, "bad_data", "SQL needs POST")
+                    self._sql()
+                elif path in ("/", "/index.html"):
+                    api = "ui"
+                    self._send(200, UI_PAGE, "text/html; charset=utf-8",
+                               {"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                                           "script-src 'self' 'unsafe-inline'"})
+                elif path == "/api/v1/bucket":
+                    api = "bucket"
+                    self._bucket()
                 else:
                     api = "unknown"
                     raise HttpError(404, "not_found", f"no such endpoint {path}")
@@ -191,6 +216,12 @@ def _handler(gw: Gateway):
             except Forbidden as e:
                 status = 403
                 self._json(403, {"status": "error", "errorType": "forbidden", "error": str(e)})
+            except SqlError as e:
+                status = 400
+                self._json(400, {"status": "error", "errorType": "bad_data", "error": str(e)})
+            except SqlLimit as e:
+                status = 422
+                self._json(422, {"status": "error", "errorType": "execution", "error": str(e)})
             except LimitExceeded as e:
                 status = 413 if e.kind == "samples" else 422
                 self._json(status, {"status": "error", "errorType": "execution", "error": str(e)})
@@ -253,6 +284,71 @@ def _handler(gw: Gateway):
                 for s in gw.engine.select(tenant, ms, *span, max_resolution_ms=86_400_000, skip_data=True).series:
                     seen[s.labels] = dict(s.labels)
             self._json(200, {"status": "success", "data": [seen[k] for k in sorted(seen)]})
+
+        # ---- SQL and the bucket UI --------------------------------------------------------------
+        def _sql(self) -> None:
+            tenant = self._tenant()
+            ctype = self.headers.get("Content-Type") or ""
+            values = parse_qs(urlparse(self.path).query, keep_blank_values=True)
+            if "form-urlencoded" in ctype:
+                values = self._params()
+                query = (values.get("query") or [""])[0]
+            else:
+                body = self._body()
+                try:
+                    doc = json.loads(body) if "json" in ctype else {"query": body.decode()}
+                except (ValueError, UnicodeDecodeError):
+                    raise HttpError(400, "bad_data", "body must be JSON {\"query\": ...} or the SQL text") from None
+                if not isinstance(doc, dict) or not isinstance(doc.get("query"), str):
+                    raise HttpError(400, "bad_data", "body must be JSON {\"query\": \"SELECT ...\"}")
+                query = doc["query"]
+                values.update({k: [str(v)] for k, v in doc.items() if k != "query"})
+            if not query.strip():
+                raise HttpError(400, "bad_data", "no query")
+            fmt = (values.get("format") or ["json"])[0]
+            if "apache.arrow" in (self.headers.get("Accept") or ""):
+                fmt = "arrow"
+            if fmt not in ("json", "arrow"):
+                raise HttpError(400, "bad_data", f"format must be json or arrow, not {fmt!r}")
+            listing, live = gw.engine.listing(tenant), gw.engine.readable(tenant)
+            session = SqlSession(gw.engine.store, [TenantBlocks(tenant, listing, live)])
+            stop = threading.Event()
+
+            def watch():  # a client that hangs up cancels its query
+                while not stop.wait(0.2):
+                    if self._client_gone():
+                        session.con.interrupt()
+                        return
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            try:
+                r = session.run(query, max_rows=gw.sql_max_rows, timeout_s=gw.sql_timeout_s)
+            finally:
+                stop.set()
+                session.close()
+            if r.truncated:
+                raise SqlLimit(f"result has more than {gw.sql_max_rows} rows (the limit): add LIMIT or aggregate")
+            stats = {"seconds": round(r.seconds, 4), "blocks_read": r.blocks_read, "blocks_live": r.blocks_live,
+                     "requests": sum(r.requests.values())}
+            if fmt == "arrow":
+                sink = pa.BufferOutputStream()
+                with pa.ipc.new_stream(sink, r.table.schema) as w:
+                    w.write_table(r.table)
+                self._send(200, sink.getvalue().to_pybytes(), "application/vnd.apache.arrow.stream",
+                           {"X-Strata-Stats": json.dumps(stats)})
+                return
+            rows = [[_json_value(v) for v in row.values()] for row in r.table.to_pylist()]
+            self._json(200, {"status": "success", "data": {
+                "columns": r.table.column_names, "types": [str(f.type) for f in r.table.schema],
+                "rows": rows}, "stats": stats})
+
+        def _bucket(self) -> None:
+            values = self._params()
+            asked = (values.get("tenant") or [None])[0]
+            tenant = gw.auth.resolve(asked or self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization"))
+            tenants = gw.auth.visible_tenants(list_tenants(gw.engine.store), tenant)
+            self._json(200, {"status": "success", "data": bucket_document(
+                gw.engine, tenant, tenants, gw.retention_info)})
 
         # ---- remote read ---------------------------------------------------------------------
         def _remote_read(self) -> None:
@@ -370,6 +466,22 @@ def _handler(gw: Gateway):
             gw.metrics.samples.labels("remote_read_streamed").inc(n)
 
     return Handler
+
+
+def _json_value(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)  # NaN/Inf as strings, as Prometheus does
+    if isinstance(v, (dt.datetime, dt.date)):
+        return v.isoformat()
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if isinstance(v, list):
+        return [_json_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    return v
 
 
 def _samples_of(s, func: str):
