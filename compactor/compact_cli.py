@@ -119,6 +119,12 @@ def metrics_text(s: Summary, now_ms: int, exit_code: int, push_failed: bool = Fa
               "# TYPE strata_bucket_newest_block_end_seconds gauge"]
     lines += [f'strata_bucket_newest_block_end_seconds{{resolution="{r}"}} {v / 1000:.3f}'
               for r, v in sorted(s.newest_ms.items())]
+    lines += ["# HELP strata_bucket_blocks Blocks not marked for deletion after the last pass, by resolution.",
+              "# TYPE strata_bucket_blocks gauge"]
+    lines += [f'strata_bucket_blocks{{resolution="{r}"}} {v}' for r, v in sorted(s.live_blocks.items())]
+    lines += ["# HELP strata_bucket_bytes Bytes of the blocks not marked for deletion, by resolution.",
+              "# TYPE strata_bucket_bytes gauge"]
+    lines += [f'strata_bucket_bytes{{resolution="{r}"}} {v}' for r, v in sorted(s.live_bytes.items())]
     retained = s.retention.get("tenants", {}).values()
     lines += ["# HELP strata_retention_blocks_waiting Blocks past retention waiting for a coarser tier (safety rule).",
               "# TYPE strata_retention_blocks_waiting gauge",

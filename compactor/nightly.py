@@ -71,6 +71,8 @@ class Summary:
     retention: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     newest_ms: dict[str, int] = field(default_factory=dict)  # resolution -> newest live block end, all tenants
+    live_blocks: dict[str, int] = field(default_factory=dict)  # resolution -> unmarked blocks after the pass
+    live_bytes: dict[str, int] = field(default_factory=dict)
     requests: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -171,6 +173,8 @@ def _cleanup_and_index(store, tenant: str, now_ms: int, cfg: CompactorConfig, s:
         if m.ulid not in listing.deletion_marks:
             label = m.resolution.label
             s.newest_ms[label] = max(s.newest_ms.get(label, 0), m.max_time)
+            s.live_blocks[label] = s.live_blocks.get(label, 0) + 1
+            s.live_bytes[label] = s.live_bytes.get(label, 0) + m.stats.bytes
 
 
 def _with_policy_exclusion(cfg: CompactorConfig, policy: Policy, tenant: str) -> CompactorConfig:

@@ -87,6 +87,7 @@ class StoreService(_Base):
 
     def Series(self, request, context) -> Iterator[bytes]:
         def run(tenant: str) -> Iterator[bytes]:
+            t0 = time.perf_counter()
             matchers = parse_matchers((m.name, int(m.type), m.value) for m in request.matchers)
             if not matchers:
                 raise InvalidInputError("no matchers given")
@@ -129,6 +130,8 @@ class StoreService(_Base):
                 yield batch_response(batch)
             self.metrics.series.labels("grpc_series").inc(n_series)
             self.metrics.samples.labels("grpc_series").inc(n_samples)
+            self.metrics.observe_tiers("grpc_series", [seg.resolution.label for seg in stream.plan.segments],
+                                       time.perf_counter() - t0)
 
         yield from self._stream("grpc_series", context, run)
 

@@ -165,6 +165,7 @@ def _handler(gw: Gateway):
             path = urlparse(self.path).path
             t0 = time.perf_counter()
             api, status = path, 200
+            self._tiers: set[str] = set()  # tiers a read request touched (latency by tier)
             try:
                 if path == "/-/healthy":
                     api = "healthy"
@@ -234,6 +235,8 @@ def _handler(gw: Gateway):
                 self._json(status, {"status": "error", "errorType": "internal", "error": str(e)})
             finally:
                 gw.metrics.observe(api, str(status), time.perf_counter() - t0)
+                if self._tiers and status == 200:
+                    gw.metrics.observe_tiers(api, self._tiers, time.perf_counter() - t0)
                 if api in ("remote_read", "series", "labels", "label_values"):
                     release_memory()
 
@@ -384,6 +387,7 @@ def _handler(gw: Gateway):
                                       raw_chunks=streamed)
                 if st.warnings:
                     gw.metrics.tier_fallback("remote_read", tenant, st, sent_as_warning=False)
+                self._tiers.update(seg.resolution.label for seg in st.plan.segments)
                 results.append((st, func))
             if streamed:
                 self._stream(results)

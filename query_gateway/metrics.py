@@ -28,12 +28,22 @@ class GatewayMetrics:
                                  "Queries served (in part) from a coarser tier than they asked for, because "
                                  "nothing fine enough exists there, by API and the tier that stood in.",
                                  ["api", "tier"], registry=self.registry)
+        self.tier_latency = Histogram(
+            "strata_gateway_tier_request_duration_seconds",
+            "Latency of read requests (remote_read, grpc_series) by API and tier read; a request that reads "
+            "two tiers counts under both.", ["api", "tier"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.registry.register(_StoreCollector(engine))
 
     def observe(self, api: str, code: str, seconds: float) -> None:
         """Count one request."""
         self.requests.labels(api, code).inc()
         self.latency.labels(api).observe(seconds)
+
+    def observe_tiers(self, api: str, tiers, seconds: float) -> None:
+        """Latency of one read request under every tier it read."""
+        for tier in set(tiers):
+            self.tier_latency.labels(api, tier).observe(seconds)
 
     def tier_fallback(self, api: str, tenant: str, result, *, sent_as_warning: bool) -> None:
         """Count (and log) a query that a coarser tier answered in part."""

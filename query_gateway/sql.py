@@ -153,9 +153,10 @@ class SqlResult:
     table: pa.Table
     truncated: bool
     seconds: float
-    blocks_read: int
+    blocks_read: int          # blocks whose samples (or tier rows) were read
     blocks_live: int
     requests: dict[str, int] = field(default_factory=dict)
+    series_tables_read: int = 0  # series.parquet files read (series_hash lookups, the series view)
 
 
 _ALLOWED = {"SELECT", "EXPLAIN"}
@@ -393,8 +394,11 @@ class SqlSession:
                 timer.cancel()
         after = dict(self.store.counts.requests) if hasattr(self.store, "counts") else {}
         requests = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
-        blocks_read = len({p.split("/")[1] for p in self.fs_handler.opened})
-        return SqlResult(table, truncated, time.monotonic() - t0, blocks_read, len(self.live), requests)
+        opened = list(self.fs_handler.opened)
+        blocks_read = len({p.split("/")[1] for p in opened if p.endswith(SAMPLES_FILE)})
+        series_read = len({p.split("/")[1] for p in opened if p.endswith(SERIES_FILE)})
+        return SqlResult(table, truncated, time.monotonic() - t0, blocks_read, len(self.live), requests,
+                         series_read)
 
     def close(self) -> None:
         self.con.close()

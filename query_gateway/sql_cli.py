@@ -45,10 +45,16 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _map_text(v) -> str:
+    return "{" + ", ".join(f'{k}="{x}"' for k, x in v) + "}"
+
+
 def format_table(table: pa.Table) -> str:
-    """Aligned text: a header, a rule, one line per row."""
+    """Aligned text: a header, a rule, one line per row (maps as {k="v", ...})."""
     names = table.column_names
-    rows = [[_cell(v) for v in r.values()] for r in table.to_pylist()]
+    maps = {i for i, f in enumerate(table.schema) if pa.types.is_map(f.type)}
+    rows = [[_map_text(v) if i in maps and v is not None else _cell(v) for i, v in enumerate(r.values())]
+            for r in table.to_pylist()]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
     out = ["  ".join(n.ljust(w) for n, w in zip(names, widths)).rstrip(),
            "  ".join("-" * w for w in widths)]
@@ -99,8 +105,8 @@ def write_result(result: SqlResult, fmt: SqlOut, out: Optional[Path]) -> None:
 def _footer(r: SqlResult) -> str:
     req = sum(r.requests.values())
     more = " (truncated at --max-rows)" if r.truncated else ""
-    return (f"{r.table.num_rows:,} rows{more} in {r.seconds:.3f}s; read {r.blocks_read} of {r.blocks_live} live "
-            f"blocks, {req} object-store requests")
+    return (f"{r.table.num_rows:,} rows{more} in {r.seconds:.3f}s; read samples of {r.blocks_read} of "
+            f"{r.blocks_live} live blocks (series tables of {r.series_tables_read}), {req} object-store requests")
 
 
 @cli_errors

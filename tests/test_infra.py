@@ -264,3 +264,103 @@ def test_retention_bootstrap_job_never_overwrites_a_newer_policy(tmp_path):
     assert r.exit_code == 0 and "kept the stored retention policy (generation 2)" in r.output
     kept, _ = load_policy(store)
     assert kept.generation == 2 and kept.defaults["raw"] == "3d"
+
+
+def _families(text: str) -> dict[str, str]:
+    """family name -> type, and every sample name -> 'sample', of an exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, str] = {}
+    for fam in text_string_to_metric_families(text):
+        out[fam.name] = fam.type
+        for s in fam.samples:
+            out.setdefault(s.name, "sample")
+    return out
+
+
+def _exported(name: str, fams: dict[str, str]) -> bool:
+    if name in fams:
+        return True
+    for suffix, kinds in (("_total", ("counter",)), ("_bucket", ("histogram",)), ("_count", ("histogram", "summary")),
+                          ("_sum", ("histogram", "summary")), ("_created", ("counter", "histogram"))):
+        if name.endswith(suffix) and fams.get(name[: -len(suffix)]) in kinds:
+            return True
+    return False
+
+
+def test_grafana_dashboard_queries_use_metrics_a_real_strata_exports(tmp_path):
+    """Every query of infra/monitoring/strata-dashboard.json parses as PromQL and names only
+    metrics found in real /metrics output: a compactor pass's textfile, a gateway serving a
+    remote-read and a gRPC Series request, and a receiver."""
+    import json
+    import urllib.request
+
+    import cramjam
+    import grpc
+
+    from blocks.objstore import open_store
+    from query_gateway.auth import TenantAuth
+    from query_gateway.engine import Engine
+    from query_gateway.grpc_api import serve_grpc
+    from query_gateway.http_api import Gateway, serve_http
+    from query_gateway.metrics import GatewayMetrics
+    from query_gateway.pb import prom_remote_pb2, prom_types_pb2, thanos_store_pb2, thanos_store_pb2_grpc
+    from query_gateway.pb import thanos_store_types_pb2
+
+    runner = CliRunner()
+    bucket = tmp_path / "b"
+    r = runner.invoke(app, ["generate", "--series", "49", "--hours", "26", "--bucket", str(bucket), "--tenant", "t",
+                            "--start", "2026-01-01T00:00:00Z"])
+    assert r.exit_code == 0, r.output
+    textfile = tmp_path / "strata.prom"
+    r = runner.invoke(app, ["compact", "--bucket", str(bucket), "--now", "2026-01-03T00:00:00Z",
+                            "--metrics-textfile", str(textfile)])
+    assert r.exit_code == 0, r.output
+    exposition = textfile.read_text()
+
+    store = open_store(str(bucket))
+    engine = Engine(store, refresh_s=0)
+    metrics = GatewayMetrics(engine)
+    auth = TenantAuth("t")
+    http, port = serve_http(Gateway(engine, auth, metrics), "127.0.0.1:0")
+    grpc_server, grpc_port = serve_grpc(engine, auth, metrics, "127.0.0.1:0")
+    try:
+        q = prom_remote_pb2.Query(start_timestamp_ms=1_767_225_600_000, end_timestamp_ms=1_767_225_600_000 + 26 * 3_600_000,
+                                  matchers=[prom_types_pb2.LabelMatcher(type=0, name="__name__", value="node_load1")],
+                                  hints=prom_types_pb2.ReadHints(func="max_over_time", step_ms=3_600_000,
+                                                                 range_ms=3_600_000))
+        body = bytes(cramjam.snappy.compress_raw(prom_remote_pb2.ReadRequest(queries=[q]).SerializeToString()))
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/read", data=body,
+                                                           method="POST")) as resp:
+            assert resp.status == 200
+        req = thanos_store_pb2.SeriesRequest(
+            min_time=1_767_225_600_000, max_time=1_767_312_000_000, max_resolution_window=3_600_000,
+            matchers=[thanos_store_types_pb2.LabelMatcher(type=0, name="__name__", value="node_load1")],
+            aggregates=[thanos_store_pb2.MAX])
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
+            assert list(thanos_store_pb2_grpc.StoreStub(ch).Series(req))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as resp:
+            exposition += resp.read().decode()
+    finally:
+        http.shutdown()
+        http.server_close()
+        grpc_server.stop(0)
+    exposition += _receiver_exposition()
+    fams = _families(exposition)
+
+    dash = json.loads((ROOT / "infra" / "monitoring" / "strata-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 15
+    wanted = set()
+    for e in exprs:
+        promql_parser.parse(e)
+        wanted.update(re.findall(r"\b(strata_[a-z0-9_]+)", e))
+    missing = sorted(m for m in wanted if not _exported(m, fams))
+    assert missing == []
+    # the panels the issue names: nightly outcome and duration, blocks per tier, gateway latency by
+    # API and tier, receiver WAL and head
+    for m in ("strata_compact_last_exit_code", "strata_compact_duration_seconds", "strata_bucket_blocks",
+              "strata_gateway_tier_request_duration_seconds_bucket", "strata_receive_wal_bytes",
+              "strata_receive_head_bytes"):
+        assert m in wanted, m
+    assert 'tier="1h"' in exposition or 'tier="5m"' in exposition  # the tier histogram saw real reads
