@@ -7,6 +7,7 @@ COPY compactor/ compactor/
 COPY ingest/ ingest/
 COPY retention/ retention/
 COPY query_gateway/ query_gateway/
+COPY strata/ strata/
 # Runtime dependencies only (no [test] extra): wheels for the final stage.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -52,7 +52,7 @@ def main() -> int:
     print(f"dataset: {spec.hosts * SERIES_PER_HOST:,} series x {steps} samples = {n:,} raw samples in 12 raw "
           f"2h blocks (made in {time.perf_counter() - t0:.0f}s)")
     now = str(spec.start_ms + DAY_MS + 2 * 3_600_000)
-    run = child([sys.executable, "-m", "compactor.cli", "compact", "--bucket", str(bucket), "--once",
+    run = child([sys.executable, "-m", "strata.cli", "compact", "--bucket", str(bucket), "--once",
                  "--now", now, "--memory-budget", args.memory_budget, "--scratch-dir", str(args.out),
                  "--output", "json"])
     summary = json.loads(run["stdout"])

@@ -35,8 +35,9 @@ import cramjam  # noqa: E402
 import grpc  # noqa: E402
 
 from bench.dashboard_data import DAY_MS, OUT, START_MS, prepare  # noqa: E402
+from blocks.pb import prom_types_pb2  # noqa: E402
 from query_gateway.pb import (  # noqa: E402
-    prom_remote_pb2, prom_types_pb2, thanos_store_pb2, thanos_store_pb2_grpc, thanos_store_types_pb2,
+    prom_remote_pb2, thanos_store_pb2, thanos_store_pb2_grpc, thanos_store_types_pb2,
 )
 
 H_S = 3600
@@ -231,7 +232,7 @@ def main() -> int:
     work = OUT / "run"
     work.mkdir(exist_ok=True)
     gport, hport = free_port(), free_port()
-    gw = subprocess.Popen([sys.executable, "-m", "compactor.cli", "gateway", "serve", "--bucket", str(OUT / "bucket"),
+    gw = subprocess.Popen([sys.executable, "-m", "strata.cli", "gateway", "serve", "--bucket", str(OUT / "bucket"),
                            "--grpc-listen", f"127.0.0.1:{gport}", "--http-listen", f"127.0.0.1:{hport}"],
                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "gateway.log", "wb"))
     gw_url = f"http://127.0.0.1:{hport}"

@@ -47,7 +47,7 @@ def main() -> int:
     runs = {}
     runs["promtool create-blocks-from openmetrics [baseline]"] = measure(
         [promtool, "tsdb", "create-blocks-from", "openmetrics", str(om), str(out / "prom-tsdb")])
-    strata = [sys.executable, "-m", "compactor.cli", "import", "--tenant", "bench", "--output", "json"]
+    strata = [sys.executable, "-m", "strata.cli", "import", "--tenant", "bench", "--output", "json"]
     cases = [("strata import OpenMetrics", om, "512MiB"), ("strata import OpenMetrics, 64MiB budget", om, "64MiB"),
              ("strata import Parquet long", pq_path, "512MiB")]
     for i, (name, path, budget) in enumerate(cases):

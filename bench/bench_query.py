@@ -29,7 +29,7 @@ from compactor.nightly import run_once  # noqa: E402
 from compactor.planner import DAY_MS  # noqa: E402
 from ingest.generate import GenSpec, generate_prepared  # noqa: E402
 from ingest.importer import write_prepared  # noqa: E402
-from query_gateway.auth import TenantAuth  # noqa: E402
+from blocks.auth import TenantAuth  # noqa: E402
 from query_gateway.engine import Engine  # noqa: E402
 from query_gateway.grpc_api import serve_grpc  # noqa: E402
 from query_gateway.metrics import GatewayMetrics  # noqa: E402
@@ -116,4 +116,4 @@ if __name__ == "__main__":
     sys.stderr.flush()
     import os
 
-    os._exit(code)  # skip native runtime teardown (see compactor/cli.py main)
+    os._exit(code)  # skip native runtime teardown (see strata/cli.py main)

@@ -93,7 +93,7 @@ def main() -> int:
     p_bytes = dir_bytes(tsdb)
 
     bucket = out / "bucket"
-    s_secs, s_rss = run_measured([sys.executable, "-m", "compactor.cli", "import", "--bucket", str(bucket),
+    s_secs, s_rss = run_measured([sys.executable, "-m", "strata.cli", "import", "--bucket", str(bucket),
                                   "--tenant", "bench", "--output", "json", str(om)])
     store = open_store(str(bucket))
     metas = load_listing(store, "bench").metas

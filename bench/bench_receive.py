@@ -32,6 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 import cramjam  # noqa: E402
 
+from blocks.pb import prom_types_pb2  # noqa: E402
+
 from query_gateway.pb import prom_types_pb2  # noqa: E402
 from query_gateway.xor import _uvarint  # noqa: E402
 
@@ -144,7 +146,7 @@ class Server:
         work.mkdir(parents=True, exist_ok=True)
         self.log = open(work / f"{kind}.log", "wb")
         if kind == "strata":
-            cmd = [sys.executable, "-m", "compactor.cli", "receive", "--bucket", str(work / "bucket"),
+            cmd = [sys.executable, "-m", "strata.cli", "receive", "--bucket", str(work / "bucket"),
                    "--wal-dir", str(work / "wal"), "--listen", f"127.0.0.1:{self.port}", "--seal-interval", "24h",
                    "--max-head-bytes", "20GiB"]
             self.path, ready = "/api/v1/write", "/-/ready"

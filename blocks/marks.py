@@ -6,6 +6,12 @@ from blocks.layout import DELETION_MARK_FILE, NO_COMPACT_MARK_FILE, block_file_k
 from blocks.meta import BlockMeta, DeletionMark, NoCompactMark
 from blocks.objstore import ObjectStore
 
+# How long a block marked for deletion stays before the compactor removes it. Readers (the
+# gateway, `strata sql`) stop reading a marked block after half of it. One definition: the
+# compactor, retention, the gateway and the CLI defaults all use it.
+DELETION_DELAY_MS = 48 * 3_600_000
+DELETION_DELAY = "48h"
+
 
 def mark_for_deletion(store: ObjectStore, tenant: str, block_id: str, reason: str, now_ms: int) -> None:
     """Write deletion-mark.json; the block is removed by a later pass after the delay."""

@@ -158,9 +158,16 @@ class LocalDirStore:
 
     _TMP_SUFFIX = ".strata-tmp"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, create: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not create and not self.root.is_dir():
+            what = "is not a directory" if self.root.exists() else "does not exist"
+            raise InvalidInputError(f"bucket {self.root} {what} (a typo? only import, receive and retention "
+                                    "set/import/rule create a local bucket)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InvalidInputError(f"bucket {self.root} is a file, not a directory") from None
         self._cas_lock = threading.Lock()
 
     def path(self, key: str) -> Path:
@@ -591,8 +598,9 @@ def make_s3_client(cfg: StoreConfig):
     )
 
 
-def open_store(cfg: StoreConfig | str) -> CountingStore:
-    """Build the store stack for a config: Counting(Retrying(backend))."""
+def open_store(cfg: StoreConfig | str, *, create: bool = True) -> CountingStore:
+    """Build the store stack for a config: Counting(Retrying(backend)). With `create=False` a
+    local bucket directory must already exist (read-only commands refuse a typo'd path)."""
     if isinstance(cfg, str):
         cfg = StoreConfig(url=cfg)
     scheme, location, prefix = parse_bucket_url(cfg.url)
@@ -602,5 +610,5 @@ def open_store(cfg: StoreConfig | str) -> CountingStore:
     elif scheme == "mem":
         backend = _MEMORY_STORES.setdefault(location, MemoryStore())
     else:
-        backend = LocalDirStore(location)
+        backend = LocalDirStore(location, create=create)
     return CountingStore(RetryingStore(backend, cfg.retry_max_attempts, cfg.retry_base_delay_s))

@@ -28,7 +28,6 @@ from blocks.ulid import new_ulid
 
 CREATED_BY = "strata 0.1.0"
 
-RAW_INPUT_SCHEMA = pa.schema([("series_ref", pa.uint32()), ("ts", pa.int64()), ("value", pa.float64())])
 
 RAW_SCHEMA_DECIMAL = pa.schema([
     pa.field("series_ref", pa.uint32(), nullable=False),

@@ -32,7 +32,7 @@ from blocks.writer import BlockSpec, WriterOptions, write_block
 from blocks.tiers import decode_windows, encode_windows
 from compactor.downsample.kernels import downsample_raw, downsample_windows
 from compactor.ha import dedup_replicas
-from compactor.merge import sort_dedup
+from blocks.dedup import sort_dedup
 from compactor.planner import CompactJob, DownsampleJob
 
 

@@ -19,6 +19,7 @@ from blocks.marks import block_file_names, delete_block, mark_for_deletion, mark
 from blocks.meta import BlockMeta
 from blocks.objstore import CountingStore
 from blocks.reader import list_block_ids, list_tenants, load_listing, load_meta
+from blocks.marks import DELETION_DELAY_MS
 from compactor.execute import ExecOptions, run_compact, run_downsample
 from compactor.lease import Heartbeat, acquire, in_shard, new_owner, release
 from compactor.planner import DAY_MS, CompactJob, DownsampleJob, plan_compaction, plan_downsampling
@@ -44,7 +45,7 @@ class CompactorConfig:
 
     range_ms: int = DAY_MS
     grace_ms: int = 3_600_000
-    deletion_delay_ms: int = 48 * 3_600_000
+    deletion_delay_ms: int = DELETION_DELAY_MS
     unfinished_grace_ms: int = 6 * 3_600_000
     lease_ttl_ms: int = 2 * 60_000  # renewed every third of it while a job runs
     owner: str = field(default_factory=default_owner)

@@ -18,7 +18,7 @@ from blocks.meta import BlockMeta
 from blocks.objstore import ObjectStore
 from blocks.series import block_order
 from blocks.writer import BlockSpec, WriterOptions, write_block
-from compactor.merge import sort_dedup
+from blocks.dedup import sort_dedup
 from ingest.parquet_long import parse_parquet_file
 from ingest.textformat import ParsedText, infer_type, name_types, parse_text_file
 

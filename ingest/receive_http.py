@@ -8,10 +8,10 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-from blocks.errors import InvalidInputError
-from ingest.receiver import NotReady, Overloaded, Receiver
-from ingest.rw_decode import MalformedRequest, TooLarge, decompress
-from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
+from blocks.errors import StrataError, http_status_for
+from ingest.receiver import Receiver
+from ingest.rw_decode import MalformedRequest, decompress
+from blocks.auth import TenantAuth
 
 MAX_COMPRESSED_BODY = 32 << 20
 WRITE_PATHS = ("/api/v1/write", "/api/v1/push", "/api/v1/receive")
@@ -94,20 +94,8 @@ def _handler(rx: Receiver, auth: TenantAuth):
                     tenant = auth.resolve(self.headers.get("X-Scope-OrgID"), self.headers.get("Authorization"))
                     raw = decompress(body, rx.cfg.max_request_bytes)
                     res = rx.write(tenant, raw)
-                except MalformedRequest as e:
-                    raise _Reply(400, f"malformed remote-write request: {e}") from None
-                except TooLarge as e:
-                    raise _Reply(413, str(e)) from None
-                except Unauthenticated as e:
-                    raise _Reply(401, str(e), {"WWW-Authenticate": "Bearer"}) from None
-                except Forbidden as e:
-                    raise _Reply(403, str(e)) from None
-                except InvalidInputError as e:
-                    raise _Reply(400, str(e)) from None
-                except Overloaded as e:
-                    raise _Reply(503, str(e), {"Retry-After": "5"}) from None
-                except NotReady as e:
-                    raise _Reply(503, str(e), {"Retry-After": "5"}) from None
+                except StrataError as e:  # the error table decides the status
+                    raise _error_reply(e) from None
                 if res.rejected:
                     n = sum(res.rejected.values())
                     reasons = ", ".join(f"{k}={v}" for k, v in sorted(res.rejected.items()))
@@ -139,14 +127,23 @@ def _handler(rx: Receiver, auth: TenantAuth):
                                    "series": s.meta.stats.series, "samples": s.meta.stats.samples,
                                    "duplicates_dropped": s.duplicates_dropped} for s in sealed]}
                 self._send(200, json.dumps(doc).encode(), "application/json")
-            except (Unauthenticated, Forbidden) as e:
-                self._send(401, f"{e}\n".encode())
+            except StrataError as e:
+                r = _error_reply(e)
+                self._send(r.status, (str(r) + "\n").encode(), headers=r.headers)
             except _Reply as r:
                 self._send(r.status, (str(r) + "\n").encode())
             except Exception as e:
                 self._send(500, f"flush failed: {type(e).__name__}: {e}\n".encode())
 
     return Handler
+
+
+def _error_reply(e: StrataError) -> "_Reply":
+    """A Strata error as an HTTP answer: status from the error table, the headers it implies."""
+    status = http_status_for(e)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "5"} if status == 503 else {}
+    text = f"malformed remote-write request: {e}" if isinstance(e, MalformedRequest) else str(e)
+    return _Reply(status, text, headers)
 
 
 def serve_http(rx: Receiver, auth: TenantAuth, listen: str) -> tuple[ThreadingHTTPServer, int]:

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
-from blocks.errors import InvalidInputError, StrataError
+from blocks.errors import InvalidInputError, RetryableError, StrataError
 from blocks.labels import METRIC_NAME
 from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, validate_tenant
 from blocks.meta import BlockMeta
@@ -44,7 +44,7 @@ from blocks.objstore import ObjectStore
 from blocks.series import block_order
 from blocks.ulid import new_ulid
 from blocks.writer import BlockSpec, WriterOptions, write_block
-from compactor.merge import sort_dedup
+from blocks.dedup import sort_dedup
 from ingest.receive_metrics import ReceiverMetrics
 from ingest.rw_decode import LabelLimits, SeriesTable, decode_labels, decode_request
 from ingest.textformat import infer_type, name_types
@@ -58,11 +58,11 @@ CHUNK_BYTES = 400      # one appended request: three numpy arrays and their tupl
 # per-series costs: ingest.rw_decode.SERIES_OVERHEAD (+ the series' key bytes)
 
 
-class NotReady(StrataError):
+class NotReady(RetryableError):
     """Replaying the WAL or shutting down (HTTP 503)."""
 
 
-class Overloaded(StrataError):
+class Overloaded(RetryableError):
     """The head is over its memory limit (HTTP 503 with Retry-After; the sender retries)."""
 
 

@@ -22,7 +22,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from blocks.labels import METRIC_NAME, Labels
-from query_gateway.pb import prom_types_pb2, remote_write_lite_pb2 as lite
+from blocks.errors import InvalidInputError
+from blocks.pb import prom_types_pb2
+from ingest.pb import remote_write_lite_pb2 as lite
 
 _LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -31,12 +33,14 @@ _METRIC_NAME_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _META_TYPES = {1: "counter", 2: "gauge", 3: "histogram", 4: "gauge", 5: "summary", 6: "gauge", 7: "gauge"}
 
 
-class MalformedRequest(Exception):
+class MalformedRequest(InvalidInputError):
     """The body is not a snappy-compressed remote-write 1.0 WriteRequest (HTTP 400)."""
 
 
-class TooLarge(Exception):
+class TooLarge(InvalidInputError):
     """The decompressed body exceeds the configured limit (HTTP 413)."""
+
+    http_status = 413
 
 
 class SeriesRejected(Exception):

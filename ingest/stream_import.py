@@ -44,7 +44,7 @@ from blocks.reader import load_meta
 from blocks.series import block_order
 from blocks.ulid import new_ulid
 from blocks.writer import BlockSpec, WriterOptions, write_block
-from compactor.merge import sort_dedup
+from blocks.dedup import sort_dedup
 from ingest.sources import Source, format_by_name, new_digest, resolve_sources
 from ingest.streamparse import (
     Chunk, SeriesRegistry, TextState, TimeWindow, iter_parquet, iter_text, open_parquet,

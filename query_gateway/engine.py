@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from blocks.errors import InvalidInputError, ObjectNotFound, StrataError
+from blocks.errors import InvalidInputError, LimitExceeded, ObjectNotFound
 from blocks.index import load_index
 from blocks.labels import Labels
 from blocks.layout import DELETION_MARK_FILE, META_FILE
@@ -24,6 +24,7 @@ from blocks.objstore import ObjectStore
 from blocks.reader import BlockListing, load_listing
 from blocks.selectors import Matcher, compile_regex
 from blocks.tiers import decode_logical, decode_windows, stored_for
+from blocks.marks import DELETION_DELAY_MS
 from query_gateway.fastxor import encode_runs
 from query_gateway.memory import release as release_memory
 from query_gateway.reader import BlockReader, split_by_ref_array
@@ -73,12 +74,6 @@ class ReplayCache:
                 self.bytes -= sum(a.nbytes for a in old) + 100
 
 
-class LimitExceeded(StrataError):
-    """A query asked for more than the configured limits allow."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind  # "series", "samples" or "time"
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,7 @@ class Result:
 class Engine:
     """Queries over one bucket; listings are refreshed at most every `refresh_s` seconds."""
 
-    def __init__(self, store: ObjectStore, *, deletion_delay_ms: int = 48 * 3_600_000, refresh_s: float = 15.0,
+    def __init__(self, store: ObjectStore, *, deletion_delay_ms: int = DELETION_DELAY_MS, refresh_s: float = 15.0,
                  limits: Limits = Limits(), cache_blocks: int = 256, cache_dir: str | None = None,
                  cache_bytes: int = 8 << 30, batch_samples: int = BATCH_SAMPLES,
                  replay_cache_bytes: int = REPLAY_CACHE_BYTES) -> None:

@@ -13,10 +13,10 @@ from typing import Callable, Iterator
 
 import grpc
 
-from blocks.errors import InvalidInputError, RetryableError
-from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
+from blocks.errors import InvalidInputError, StrataError, grpc_code_for
+from blocks.auth import TenantAuth
 from query_gateway.convert import AGGR_BY_ENUM, AGGR_COLUMNS, series_chunks
-from query_gateway.engine import Engine, LimitExceeded, parse_matchers
+from query_gateway.engine import Engine, parse_matchers
 from query_gateway.memory import release as release_memory
 from query_gateway.metrics import GatewayMetrics
 from query_gateway.pb import thanos_info_pb2, thanos_info_pb2_grpc, thanos_store_pb2, thanos_store_types_pb2
@@ -30,11 +30,6 @@ def _meta(context) -> dict[str, str]:
     return {k.lower(): v for k, v in (context.invocation_metadata() or ())}
 
 
-_STATUS: list[tuple[type, grpc.StatusCode]] = [
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED), (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
-    (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED), (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
-    (RetryableError, grpc.StatusCode.UNAVAILABLE),
-]
 
 
 class _Base:
@@ -53,9 +48,8 @@ class _Base:
         return self.auth.resolve(asked, md.get("authorization"))
 
     def _abort(self, context, e: Exception) -> str:
-        for kind, code in _STATUS:
-            if isinstance(e, kind):
-                context.abort(code, str(e))
+        if isinstance(e, StrataError):  # the error table decides the status code
+            context.abort(grpc.StatusCode[grpc_code_for(e)], str(e))
         raise e
 
     def _run(self, api: str, context, fn):
@@ -64,7 +58,7 @@ class _Base:
         try:
             return fn(self._tenant(context))
         except Exception as e:
-            code = next((c.name for k, c in _STATUS if isinstance(e, k)), "UNKNOWN")
+            code = grpc_code_for(e) if isinstance(e, StrataError) else "UNKNOWN"
             self._abort(context, e)
         finally:
             self.metrics.observe(api, code, time.perf_counter() - t0)
@@ -75,7 +69,7 @@ class _Base:
         try:
             yield from fn(self._tenant(context))
         except Exception as e:
-            code = next((c.name for k, c in _STATUS if isinstance(e, k)), "UNKNOWN")
+            code = grpc_code_for(e) if isinstance(e, StrataError) else "UNKNOWN"
             self._abort(context, e)
         finally:
             self.metrics.observe(api, code, time.perf_counter() - t0)

@@ -20,15 +20,15 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
-from blocks.cli_common import parse_time_ms
-from blocks.errors import InvalidInputError, RetryableError
+from blocks.units import parse_time_ms
+from blocks.errors import InvalidInputError, StrataError, classify, http_status_for
 from blocks.selectors import parse_selector
 from blocks.reader import list_tenants
-from query_gateway.auth import Forbidden, TenantAuth, Unauthenticated
-from query_gateway.sql import SqlError, SqlLimit, SqlSession, TenantBlocks
+from blocks.auth import TenantAuth
+from query_gateway.sql import SqlLimit, SqlSession, TenantBlocks
 from query_gateway.ui import UI_PAGE, bucket_document
 from query_gateway.convert import REPLAY_COLUMNS, derived_samples, prefers_raw, replay_mode, replay_windows
-from query_gateway.engine import Engine, LimitExceeded, Matcher, SeriesData, parse_matchers
+from query_gateway.engine import Engine, Matcher, SeriesData, parse_matchers
 from query_gateway.memory import release as release_memory
 from query_gateway.metrics import GatewayMetrics
 from query_gateway.pb import prom_remote_pb2
@@ -211,26 +211,13 @@ def _handler(gw: Gateway):
             except HttpError as e:
                 status = e.status
                 self._json(e.status, {"status": "error", "errorType": e.kind, "error": str(e)})
-            except Unauthenticated as e:
-                status = 401
-                self._json(401, {"status": "error", "errorType": "unauthorized", "error": str(e)})
-            except Forbidden as e:
-                status = 403
-                self._json(403, {"status": "error", "errorType": "forbidden", "error": str(e)})
-            except SqlError as e:
-                status = 400
-                self._json(400, {"status": "error", "errorType": "bad_data", "error": str(e)})
-            except SqlLimit as e:
-                status = 422
-                self._json(422, {"status": "error", "errorType": "execution", "error": str(e)})
-            except LimitExceeded as e:
-                status = 413 if e.kind == "samples" else 422
-                self._json(status, {"status": "error", "errorType": "execution", "error": str(e)})
-            except InvalidInputError as e:
-                status = 400
-                self._json(400, {"status": "error", "errorType": "bad_data", "error": str(e)})
-            except Exception as e:  # a bug or a storage failure: 500, logged, never a dropped connection
-                status = 503 if isinstance(e, (RetryableError, OSError)) else 500
+            except StrataError as e:  # the error table decides status and errorType
+                status = http_status_for(e)
+                if status >= 500:
+                    sys.stderr.write(json.dumps({"event": "http_error", "api": api, "error": repr(e)}) + "\n")
+                self._json(status, {"status": "error", "errorType": classify(e).error_type, "error": str(e)})
+            except Exception as e:  # a bug or a storage failure: 500/503, logged, never a dropped connection
+                status = http_status_for(e)
                 sys.stderr.write(json.dumps({"event": "http_error", "api": api, "error": repr(e)}) + "\n")
                 self._json(status, {"status": "error", "errorType": "internal", "error": str(e)})
             finally:

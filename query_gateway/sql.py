@@ -29,7 +29,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from blocks.errors import ObjectNotFound, StrataError
+from blocks.errors import InvalidInputError, LimitExceeded, ObjectNotFound
 from blocks.labels import METRIC_NAME
 from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, validate_tenant
 from blocks.meta import BlockMeta, Resolution
@@ -45,12 +45,15 @@ TIER_VIEWS = {"samples_5m": Resolution.M5, "samples_1h": Resolution.H1, "samples
 _POW10_SQL = "[" + ", ".join(repr(float(x)) for x in POW10) + "]"
 
 
-class SqlError(StrataError):
+class SqlError(InvalidInputError):
     """A query refused or failed: the message is the reason (HTTP 400)."""
 
 
-class SqlLimit(StrataError):
+class SqlLimit(LimitExceeded):
     """Rows or time over the limit (HTTP 422)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "sql")
 
 
 # ---- object store as a read-only pyarrow file system ---------------------------------------

@@ -16,6 +16,7 @@ from blocks.objstore import ObjectStore
 from blocks.reader import decode_raw, iter_row_groups, list_tenants, load_listing, load_meta, read_series
 from blocks.series import series_labels
 from blocks.writer import BlockSpec, WriterOptions, write_block
+from blocks.marks import DELETION_DELAY_MS
 from retention.policy import Policy
 from retention.select import Decision, Selection, select_expired
 
@@ -63,7 +64,7 @@ class ApplyReport:
 
 
 def plan_retention(store: ObjectStore, policy: Policy, now_ms: int, *, tenants: list[str] | None = None,
-                   delay_ms: int = 48 * 3_600_000) -> Plan:
+                   delay_ms: int = DELETION_DELAY_MS) -> Plan:
     """Read-only: list each tenant and decide (series tables read only where rules matter)."""
     decisions = []
     cache: dict[str, list] = {}

@@ -28,7 +28,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
-from blocks.cli_common import parse_duration_ms
+from blocks.units import parse_duration_ms
 from blocks.errors import InvalidInputError
 from blocks.labels import Labels
 from blocks.layout import RESERVED_PREFIX, validate_tenant

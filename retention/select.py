@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from blocks.labels import Labels
 from blocks.meta import LADDER, BlockMeta, Resolution
+from blocks.marks import DELETION_DELAY_MS
 from retention.policy import Policy, SeriesPolicy, parse_retention
 
 TIERS = LADDER
@@ -107,7 +108,7 @@ def _verdict(meta: BlockMeta, sp: SeriesPolicy, now_ms: int, live: Sequence[Bloc
 
 
 def select_expired(metas: Iterable[BlockMeta], policy: Policy, now_ms: int, *,
-                   marked: Mapping[str, int] | None = None, delay_ms: int = 48 * 3_600_000,
+                   marked: Mapping[str, int] | None = None, delay_ms: int = DELETION_DELAY_MS,
                    series_of: Callable[[BlockMeta], Sequence[Labels]] | None = None) -> Selection:
     """Decide per block (see the module doc). `marked` maps block ulid -> deletion-mark time (ms)."""
     metas = sorted(metas, key=lambda m: (m.tenant, m.resolution_ms, m.min_time, m.ulid))

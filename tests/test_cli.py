@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from blocks.layout import meta_key
-from compactor.cli import app
+from strata.cli import app
 
 runner = CliRunner()
 

@@ -197,7 +197,7 @@ def test_index_lists_what_the_bucket_holds(tmp_path):
 def test_cli_exit_code_3_when_a_group_is_marked_no_compact(tmp_path):
     from typer.testing import CliRunner
 
-    from compactor.cli import app
+    from strata.cli import app
 
     store = open_store(str(tmp_path / "b"))
     seeded(store)

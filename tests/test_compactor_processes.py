@@ -40,7 +40,7 @@ def config_file(tmp_path: Path, cfg) -> Path:
 
 
 def compact_cmd(cfg_path: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "compactor.cli", "compact", "--config", str(cfg_path), "--once",
+    return [sys.executable, "-m", "strata.cli", "compact", "--config", str(cfg_path), "--once",
             "--now", str(NOW), "--output", "json", *extra]
 
 
@@ -125,7 +125,7 @@ def test_kill_9_at_20_random_moments_then_one_rerun(tmp_path, moto_endpoint):
         write_prepared(store, "t", data, now_ms=1)
         (tmp_path / f"t{trial}").mkdir()
         path = config_file(tmp_path / f"t{trial}", cfg)
-        cmd = [sys.executable, "-m", "compactor.cli", "compact", "--config", str(path), "--now", str(KILL_NOW),
+        cmd = [sys.executable, "-m", "strata.cli", "compact", "--config", str(path), "--now", str(KILL_NOW),
                "--output", "json"]
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rnd.uniform(0.8, 4.0))

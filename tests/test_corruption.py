@@ -21,7 +21,7 @@ from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key
 from blocks.meta import Resolution
 from blocks.objstore import open_store
 from blocks.reader import load_listing
-from compactor.cli import app
+from strata.cli import app
 from compactor.planner import DAY_MS
 from ingest.generate import GenSpec, generate_prepared
 from ingest.importer import write_prepared
@@ -203,7 +203,7 @@ def test_sigterm_mid_pass_writes_metrics_and_exits_75(tmp_path):
     bucket = tmp_path / "b"
     _seed(bucket)
     prom = tmp_path / "m.prom"
-    p = subprocess.Popen([sys.executable, "-m", "compactor.cli", "compact", "--bucket", str(bucket), "--now", str(NOW),
+    p = subprocess.Popen([sys.executable, "-m", "strata.cli", "compact", "--bucket", str(bucket), "--now", str(NOW),
                           "--metrics-textfile", str(prom), "-o", "json"],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -17,7 +17,8 @@ import cramjam
 import pytest
 
 from blocks.objstore import make_s3_client, open_store
-from query_gateway.pb import prom_remote_pb2, prom_types_pb2
+from blocks.pb import prom_types_pb2
+from query_gateway.pb import prom_remote_pb2
 from tests.conftest import s3_config
 from tests.digests import digests
 from tests.faultproxy import FaultProxy
@@ -31,7 +32,7 @@ NOW = "2026-01-05T00:00:00Z"
 
 
 def strata(*args, config: Path, check_codes=(0,)) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "compactor.cli", *args, "--config", str(config)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "strata.cli", *args, "--config", str(config)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode in check_codes, (args, r.returncode, r.stderr[-2000:])
     return r
@@ -48,7 +49,7 @@ def write_config(path: Path, endpoint: str, bucket: str) -> Path:
 def buckets(moto_endpoint, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     om = tmp / "data.om"
-    subprocess.run([sys.executable, "-m", "compactor.cli", "generate", "--series", "100", "--hours", "48",
+    subprocess.run([sys.executable, "-m", "strata.cli", "generate", "--series", "100", "--hours", "48",
                     "--start", str(START), "--out", str(om)], cwd=ROOT, check=True, capture_output=True)
     clean = s3_config(moto_endpoint, "faults-clean")
     make_s3_client(clean).create_bucket(Bucket="faults-clean")
@@ -101,7 +102,7 @@ def test_gateway_answers_correctly_or_503_under_faults(moto_endpoint, buckets):
             cfg = write_config(tmp / f"gw-{name}.toml", endpoint, "faults-clean")
             gport, hport = free_port(), free_port()
             with open(tmp / f"gw-{name}.log", "wb") as log:
-                p = subprocess.Popen([sys.executable, "-m", "compactor.cli", "gateway", "serve", "--config", str(cfg),
+                p = subprocess.Popen([sys.executable, "-m", "strata.cli", "gateway", "serve", "--config", str(cfg),
                                       "--default-tenant", "t", "--grpc-listen", f"127.0.0.1:{gport}", "--http-listen",
                                       f"127.0.0.1:{hport}", "--refresh", "0s", "--file-cache-dir",
                                       str(tmp / f"cache-{name}"), "--replay-cache", "0B"],

@@ -20,14 +20,15 @@ from blocks.objstore import open_store
 from blocks.reader import load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
 from compactor.nightly import run_once
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 from query_gateway.convert import crc32c
 from query_gateway.engine import Engine, Limits
 from query_gateway.grpc_api import serve_grpc
 from query_gateway.http_api import Gateway, serve_http
 from query_gateway.metrics import GatewayMetrics
+from blocks.pb import prom_types_pb2
 from query_gateway.pb import (
-    prom_remote_pb2, prom_types_pb2, thanos_info_pb2, thanos_info_pb2_grpc, thanos_store_pb2, thanos_store_pb2_grpc,
+    prom_remote_pb2, thanos_info_pb2, thanos_info_pb2_grpc, thanos_store_pb2, thanos_store_pb2_grpc,
     thanos_store_types_pb2,
 )
 from query_gateway.xor import decode_xor

@@ -39,7 +39,7 @@ def start_gateway(bucket_url: str, endpoint: str, tmp_path):
     env = {"STRATA_S3_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_REGION": "us-east-1", "PATH": "/usr/bin:/bin"}
     with open(tmp_path / "gateway.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "compactor.cli", "gateway", "serve", "--bucket", bucket_url,
+        proc = subprocess.Popen([sys.executable, "-m", "strata.cli", "gateway", "serve", "--bucket", bucket_url,
                                  "--default-tenant", "e2e", "--grpc-listen", f"127.0.0.1:{grpc_port}",
                                  "--http-listen", f"127.0.0.1:{http_port}", "--refresh", "1s"],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -65,7 +65,7 @@ def close(a: str, b: str) -> bool:
 def test_remote_read_answers_promql_like_the_prometheus_holding_the_tsdb(tmp_path, s3_bucket):
     require_prometheus()
     om = tmp_path / "data.om"
-    subprocess.run([sys.executable, "-m", "compactor.cli", "generate", "--series", "150", "--hours", str(HOURS),
+    subprocess.run([sys.executable, "-m", "strata.cli", "generate", "--series", "150", "--hours", str(HOURS),
                     "--start", str(START_MS), "--seed", "7", "--out", str(om)], check=True, capture_output=True)
     tsdb = tmp_path / "tsdb"
     promtool_backfill(om, tsdb)

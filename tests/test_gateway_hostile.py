@@ -17,12 +17,13 @@ import grpc
 import pytest
 
 from blocks.objstore import open_store
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 from query_gateway.engine import Engine, Limits
 from query_gateway.grpc_api import serve_grpc
 from query_gateway.http_api import MAX_DECOMPRESSED, Gateway, serve_http, snappy_length
 from query_gateway.metrics import GatewayMetrics
-from query_gateway.pb import prom_remote_pb2, prom_types_pb2, thanos_store_pb2, thanos_store_pb2_grpc, thanos_store_types_pb2
+from blocks.pb import prom_types_pb2
+from query_gateway.pb import prom_remote_pb2, thanos_store_pb2, thanos_store_pb2_grpc, thanos_store_types_pb2
 from tests.factories import make_block
 
 H = 3_600_000

@@ -15,12 +15,13 @@ import pytest
 from blocks.objstore import open_store
 from blocks.selectors import Matcher
 from compactor.nightly import run_once
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 from query_gateway.engine import Engine
 from query_gateway.grpc_api import serve_grpc
 from query_gateway.http_api import Gateway, serve_http
 from query_gateway.metrics import GatewayMetrics
-from query_gateway.pb import prom_remote_pb2, prom_types_pb2, thanos_store_pb2, thanos_store_pb2_grpc
+from blocks.pb import prom_types_pb2
+from query_gateway.pb import prom_remote_pb2, thanos_store_pb2, thanos_store_pb2_grpc
 from query_gateway.pb import thanos_store_types_pb2 as types
 from tests.factories import make_block
 

@@ -23,7 +23,7 @@ from blocks.objstore import MemoryStore, make_s3_client, open_store
 from blocks.reader import load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
 from blocks.verify import verify_bucket
-from compactor.cli import app
+from strata.cli import app
 from ingest.importer import reference_import
 from ingest.stream_import import ImportOptions, run_import
 
@@ -283,7 +283,7 @@ def _strata(*args, **kw):
 
 def _baseline_rss() -> int:
     """Peak RSS of a process that loaded the importer and compiled its kernels (no data)."""
-    code = ("import resource, numpy as np, compactor.cli, ingest.textscan as k\n"
+    code = ("import resource, numpy as np, strata.cli, ingest.textscan as k\n"
             "k.scan_chunk(np.frombuffer(b'a 1 1\\n', np.uint8), True)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -17,7 +17,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from compactor.cli import app
+from strata.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 TF = ROOT / "infra" / "terraform"
@@ -154,7 +154,7 @@ def test_cronjob_settings_match_the_measured_job():
     lease = next(a for a in args if a.startswith("--lease-ttl="))
     # Leases are renewed while a job runs: a short TTL frees a killed pod's jobs quickly, and a
     # run that met a live lease exits 75, which the Job retries.
-    from blocks.cli_common import parse_duration_ms
+    from strata.common import parse_duration_ms
     assert parse_duration_ms(lease.split("=")[1]) <= 10 * 60_000
     assert job["backoffLimit"] >= 1
     assert "--memory-budget=1GiB" in args and any(v["name"] == "scratch" and "emptyDir" in v for v in pod["volumes"])
@@ -223,7 +223,7 @@ def test_alert_rules_parse_and_use_exported_metrics():
     names = {r["alert"] for r in rules}
     assert {"StrataCompactHalted", "StrataCompactNoSuccess", "StrataDownsamplingLag", "StrataGatewayErrors",
             "StrataReceiverWALGrowth"} <= names
-    from compactor.compact_cli import metrics_text
+    from strata.compact_cmd import metrics_text
     from compactor.nightly import Summary
 
     exported = metrics_text(Summary(newest_ms={"5m": 1}, retention={"tenants": {}}), 0, 0)
@@ -240,7 +240,7 @@ def test_retention_bootstrap_job_never_overwrites_a_newer_policy(tmp_path):
     from typer.testing import CliRunner
 
     from blocks.objstore import open_store
-    from compactor.cli import app
+    from strata.cli import app
     from retention.store import edit_policy, load_policy
 
     job = next(d for _, d in manifests() if d["kind"] == "Job" and d["metadata"].get("name") == "strata-retention-bootstrap")
@@ -299,12 +299,13 @@ def test_grafana_dashboard_queries_use_metrics_a_real_strata_exports(tmp_path):
     import grpc
 
     from blocks.objstore import open_store
-    from query_gateway.auth import TenantAuth
+    from blocks.auth import TenantAuth
     from query_gateway.engine import Engine
     from query_gateway.grpc_api import serve_grpc
     from query_gateway.http_api import Gateway, serve_http
     from query_gateway.metrics import GatewayMetrics
-    from query_gateway.pb import prom_remote_pb2, prom_types_pb2, thanos_store_pb2, thanos_store_pb2_grpc
+    from blocks.pb import prom_types_pb2
+    from query_gateway.pb import prom_remote_pb2, thanos_store_pb2, thanos_store_pb2_grpc
     from query_gateway.pb import thanos_store_types_pb2
 
     runner = CliRunner()
@@ -364,3 +365,17 @@ def test_grafana_dashboard_queries_use_metrics_a_real_strata_exports(tmp_path):
               "strata_receive_head_bytes"):
         assert m in wanted, m
     assert 'tier="1h"' in exposition or 'tier="5m"' in exposition  # the tier histogram saw real reads
+
+
+def test_gateway_and_compactor_agree_on_the_deletion_delay():
+    """The gateway stops reading a marked block after half the compactor's delay: both must say it."""
+    from blocks.marks import DELETION_DELAY
+    delays = {}
+    for path, d in manifests():
+        for c in (d.get("spec", {}).get("jobTemplate", {}).get("spec", {}) or d.get("spec", {})).get(
+                "template", {}).get("spec", {}).get("containers", []):
+            args = c.get("args", [])
+            if args[:1] in (["compact"], ["gateway"]):
+                delays[(path, args[0])] = next((a.split("=", 1)[1] for a in args if a.startswith("--deletion-delay=")), None)
+    assert {k for _, k in delays} == {"compact", "gateway"}
+    assert set(delays.values()) == {DELETION_DELAY}, delays

@@ -13,8 +13,8 @@ from blocks.objstore import MemoryStore, RetryingStore, open_store
 from blocks.reader import load_listing, read_series
 from blocks.selectors import parse_selector
 from blocks.series import series_labels
-from compactor.cli import app
-from compactor.compact_cli import parse_shard
+from strata.cli import app
+from strata.compact_cmd import parse_shard
 from compactor.execute import ExecOptions
 from compactor.lease import acquire, in_shard, lease_key, release
 from compactor.nightly import CompactorConfig, run_once

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from query_gateway.pb import generate, prom_remote_pb2, thanos_info_pb2, thanos_store_pb2, thanos_store_types_pb2
+from blocks.pb import generate
+from query_gateway.pb import prom_remote_pb2, thanos_info_pb2, thanos_store_pb2, thanos_store_types_pb2
 
-PB = Path(generate.__file__).parent
+ROOT = Path(generate.__file__).parents[2]
 
 
 def test_generated_code_is_current(tmp_path):
     generate.generate(tmp_path)
-    fresh = sorted((tmp_path / "query_gateway" / "pb").glob("*_pb2*.py"))
-    assert [p.name for p in fresh] == sorted(p.name for p in PB.glob("*_pb2*.py"))
-    for p in fresh:
-        assert p.read_text() == (PB / p.name).read_text(), f"{p.name} is stale: run python -m query_gateway.pb.generate"
+    for d in generate.PROTO_DIRS:
+        fresh = sorted((tmp_path / d).glob("*_pb2*.py"))
+        assert [p.name for p in fresh] == sorted(p.name for p in (ROOT / d).glob("*_pb2*.py")), d
+        for p in fresh:
+            assert p.read_text() == (ROOT / d / p.name).read_text(), f"{d}/{p.name} is stale: run python -m blocks.pb.generate"
 
 
 def test_wire_names_and_field_numbers():

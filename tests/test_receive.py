@@ -14,7 +14,7 @@ from blocks.reader import list_block_ids, load_meta
 from ingest.receive_http import serve_http
 from ingest.receiver import Receiver, ReceiverConfig
 from ingest.wal import list_segments
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 from rw import bits, get, metric_value, post, sealed_samples, snappy, write_request
 
 H = 3600_000

@@ -27,11 +27,11 @@ STALE = 0x7FF0000000000002
 
 
 class ReceiverProc:
-    """`python -m compactor.cli receive` on 127.0.0.1."""
+    """`python -m strata.cli receive` on 127.0.0.1."""
 
     def __init__(self, bucket: str, wal_dir: Path, log: Path, env: dict | None = None, extra: list[str] = ()) -> None:
         self.port = free_port()
-        self.args = [sys.executable, "-m", "compactor.cli", "receive", "--bucket", bucket, "--wal-dir", str(wal_dir),
+        self.args = [sys.executable, "-m", "strata.cli", "receive", "--bucket", bucket, "--wal-dir", str(wal_dir),
                      "--listen", f"127.0.0.1:{self.port}", "--seal-interval", "1h", *extra]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log

@@ -15,7 +15,7 @@ from blocks.objstore import open_store
 from blocks.reader import load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
 from blocks.verify import verify_bucket
-from compactor.cli import app
+from strata.cli import app
 from compactor.nightly import CompactorConfig, run_once
 from ingest.generate import GenSpec, generate_prepared
 from ingest.importer import write_prepared

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -25,9 +24,9 @@ from blocks.objstore import MemoryStore, open_store
 from blocks.reader import iter_row_groups, load_listing, read_raw_samples, read_series
 from blocks.series import series_labels
 from blocks.tiers import decode_windows
-from compactor.cli import app
+from strata.cli import app
 from ingest.importer import reference_import
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 from query_gateway.engine import Engine
 from query_gateway.http_api import Gateway, serve_http
 from query_gateway.metrics import GatewayMetrics

@@ -26,7 +26,7 @@ from blocks.objstore import open_store
 from blocks.series import sort_series
 from blocks.writer import BlockSpec, write_block
 from compactor.nightly import run_once
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 from query_gateway.engine import Engine
 from query_gateway.grpc_api import serve_grpc
 from query_gateway.metrics import GatewayMetrics

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from query_gateway.fastxor import encode_runs, encode_xor_fast
-from query_gateway.pb import prom_remote_pb2, prom_types_pb2, thanos_store_pb2
+from blocks.pb import prom_types_pb2
+from query_gateway.pb import prom_remote_pb2, thanos_store_pb2
 from query_gateway.wire import (
     Pieces, aggr_chunks_bytes, snappy_block, batch_response, chunked_read_frame, crc32c, labels_bytes, prom_chunk_groups,
     series_response, timeseries_bytes, warning_response,

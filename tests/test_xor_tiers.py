@@ -57,7 +57,7 @@ def test_xor_chunks_byte_identical_to_prometheus(tmp_path):
     """Every chunk promtool writes decodes, and re-encoding its samples gives the same bytes."""
     require_prometheus()
     om = tmp_path / "d.om"
-    subprocess.run([sys.executable, "-m", "compactor.cli", "generate", "--series", "100", "--hours", "3",
+    subprocess.run([sys.executable, "-m", "strata.cli", "generate", "--series", "100", "--hours", "3",
                     "--jitter-ms", "7", "--seed", "3", "--out", str(om)], check=True, capture_output=True)
     promtool_backfill(om, tmp_path / "tsdb")
     n = 0

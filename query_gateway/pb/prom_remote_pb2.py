@@ -22,28 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from query_gateway.pb import prom_types_pb2 as query__gateway_dot_pb_dot_prom__types__pb2
+from blocks.pb import prom_types_pb2 as blocks_dot_pb_dot_prom__types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"query_gateway/pb/prom_remote.proto\x12\nprometheus\x1a!query_gateway/pb/prom_types.proto\"n\n\x0cWriteRequest\x12*\n\ntimeseries\x18\x01 \x03(\x0b\x32\x16.prometheus.TimeSeries\x12,\n\x08metadata\x18\x03 \x03(\x0b\x32\x1a.prometheus.MetricMetadataJ\x04\x08\x02\x10\x03\"\xae\x01\n\x0bReadRequest\x12\"\n\x07queries\x18\x01 \x03(\x0b\x32\x11.prometheus.Query\x12\x45\n\x17\x61\x63\x63\x65pted_response_types\x18\x02 \x03(\x0e\x32$.prometheus.ReadRequest.ResponseType\"4\n\x0cResponseType\x12\x0b\n\x07SAMPLES\x10\x00\x12\x17\n\x13STREAMED_XOR_CHUNKS\x10\x01\"8\n\x0cReadResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.prometheus.QueryResult\"\x8f\x01\n\x05Query\x12\x1a\n\x12start_timestamp_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x65nd_timestamp_ms\x18\x02 \x01(\x03\x12*\n\x08matchers\x18\x03 \x03(\x0b\x32\x18.prometheus.LabelMatcher\x12$\n\x05hints\x18\x04 \x01(\x0b\x32\x15.prometheus.ReadHints\"9\n\x0bQueryResult\x12*\n\ntimeseries\x18\x01 \x03(\x0b\x32\x16.prometheus.TimeSeries\"]\n\x13\x43hunkedReadResponse\x12\x31\n\x0e\x63hunked_series\x18\x01 \x03(\x0b\x32\x19.prometheus.ChunkedSeries\x12\x13\n\x0bquery_index\x18\x02 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"query_gateway/pb/prom_remote.proto\x12\nprometheus\x1a\x1a\x62locks/pb/prom_types.proto\"n\n\x0cWriteRequest\x12*\n\ntimeseries\x18\x01 \x03(\x0b\x32\x16.prometheus.TimeSeries\x12,\n\x08metadata\x18\x03 \x03(\x0b\x32\x1a.prometheus.MetricMetadataJ\x04\x08\x02\x10\x03\"\xae\x01\n\x0bReadRequest\x12\"\n\x07queries\x18\x01 \x03(\x0b\x32\x11.prometheus.Query\x12\x45\n\x17\x61\x63\x63\x65pted_response_types\x18\x02 \x03(\x0e\x32$.prometheus.ReadRequest.ResponseType\"4\n\x0cResponseType\x12\x0b\n\x07SAMPLES\x10\x00\x12\x17\n\x13STREAMED_XOR_CHUNKS\x10\x01\"8\n\x0cReadResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.prometheus.QueryResult\"\x8f\x01\n\x05Query\x12\x1a\n\x12start_timestamp_ms\x18\x01 \x01(\x03\x12\x18\n\x10\x65nd_timestamp_ms\x18\x02 \x01(\x03\x12*\n\x08matchers\x18\x03 \x03(\x0b\x32\x18.prometheus.LabelMatcher\x12$\n\x05hints\x18\x04 \x01(\x0b\x32\x15.prometheus.ReadHints\"9\n\x0bQueryResult\x12*\n\ntimeseries\x18\x01 \x03(\x0b\x32\x16.prometheus.TimeSeries\"]\n\x13\x43hunkedReadResponse\x12\x31\n\x0e\x63hunked_series\x18\x01 \x03(\x0b\x32\x19.prometheus.ChunkedSeries\x12\x13\n\x0bquery_index\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'query_gateway.pb.prom_remote_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WRITEREQUEST']._serialized_start=85
-  _globals['_WRITEREQUEST']._serialized_end=195
-  _globals['_READREQUEST']._serialized_start=198
-  _globals['_READREQUEST']._serialized_end=372
-  _globals['_READREQUEST_RESPONSETYPE']._serialized_start=320
-  _globals['_READREQUEST_RESPONSETYPE']._serialized_end=372
-  _globals['_READRESPONSE']._serialized_start=374
-  _globals['_READRESPONSE']._serialized_end=430
-  _globals['_QUERY']._serialized_start=433
-  _globals['_QUERY']._serialized_end=576
-  _globals['_QUERYRESULT']._serialized_start=578
-  _globals['_QUERYRESULT']._serialized_end=635
-  _globals['_CHUNKEDREADRESPONSE']._serialized_start=637
-  _globals['_CHUNKEDREADRESPONSE']._serialized_end=730
+  _globals['_WRITEREQUEST']._serialized_start=78
+  _globals['_WRITEREQUEST']._serialized_end=188
+  _globals['_READREQUEST']._serialized_start=191
+  _globals['_READREQUEST']._serialized_end=365
+  _globals['_READREQUEST_RESPONSETYPE']._serialized_start=313
+  _globals['_READREQUEST_RESPONSETYPE']._serialized_end=365
+  _globals['_READRESPONSE']._serialized_start=367
+  _globals['_READRESPONSE']._serialized_end=423
+  _globals['_QUERY']._serialized_start=426
+  _globals['_QUERY']._serialized_end=569
+  _globals['_QUERYRESULT']._serialized_start=571
+  _globals['_QUERYRESULT']._serialized_end=628
+  _globals['_CHUNKEDREADRESPONSE']._serialized_start=630
+  _globals['_CHUNKEDREADRESPONSE']._serialized_end=723
 # @@protoc_insertion_point(module_scope)

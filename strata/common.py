@@ -8,21 +8,19 @@ import os
 import sys
 import tomllib
 from dataclasses import fields
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from blocks.errors import HaltError, InvalidInputError, RetryableError, StrataError
+from blocks.errors import (  # noqa: F401 (exit codes re-exported for the commands)
+    EXIT_ERROR, EXIT_HALT, EXIT_OK, EXIT_RETRY, EXIT_USAGE, HaltError, InvalidInputError, RetryableError, StrataError,
+    exit_code_for,
+)
+from blocks.units import fmt_bytes, fmt_time, parse_duration_ms, parse_time_ms  # noqa: F401  (re-exported for the commands)
 from blocks.objstore import StoreConfig
 
-EXIT_OK = 0
-EXIT_ERROR = 1      # bad input or a failure that is neither halt nor retry
-EXIT_USAGE = 2      # click's own usage errors
-EXIT_HALT = 3       # integrity problem: do not retry, alert
-EXIT_RETRY = 75     # transient (EX_TEMPFAIL): the CronJob may retry
 
 
 class Output(str, Enum):
@@ -74,48 +72,6 @@ def load_store_config(bucket: str | None, config: Path | None) -> StoreConfig:
         raise InvalidInputError(f"invalid store config: {e}") from None
 
 
-def fmt_time(ms: int) -> str:
-    """Millisecond timestamp as ISO-8601 UTC."""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time_ms(text: str) -> int:
-    """Parse integer ms, or an ISO-8601 date/time (UTC when no zone is given)."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInputError(f"invalid time {text!r}: use ms since epoch or ISO-8601") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return int(dt.timestamp() * 1000)
-
-
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000, "y": 31_536_000_000}
-
-
-def parse_duration_ms(text: str) -> int:
-    """Parse a Prometheus-style duration ('90m', '2h', '1d12h', '400d') to ms."""
-    import re
-
-    text = text.strip()
-    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise InvalidInputError(f"invalid duration {text!r}: use e.g. 90m, 2h, 7d, 1y")
-    return sum(int(n) * _UNITS_MS[u] for n, u in parts)
-
-
-def fmt_bytes(n: int) -> str:
-    """Human-readable byte count."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def render(output: Output, data: Any, text: Callable[[Any], str]) -> None:
     """Print `data` as JSON or through its text renderer."""
     if output == Output.json:
@@ -130,15 +86,6 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return "\n".join(lines)
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The one place that maps error families to exit codes."""
-    if isinstance(exc, HaltError):
-        return EXIT_HALT
-    if isinstance(exc, RetryableError):
-        return EXIT_RETRY
-    return EXIT_ERROR
 
 
 def cli_errors(fn: Callable) -> Callable:

@@ -9,12 +9,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from blocks.cli_common import (
+from strata.common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
     parse_duration_ms, parse_time_ms, render, table,
 )
 from blocks.errors import InvalidInputError
 from blocks.objstore import open_store
+from blocks.marks import DELETION_DELAY
 from retention.apply import apply_plan, plan_retention
 from retention.policy import RESOLUTIONS, Policy, Rule
 from retention.store import PolicyConflict, edit_policy, load_policy, save_policy
@@ -89,8 +90,9 @@ def _show(policy: Policy, tenant: str | None, output: Output, dry_run: bool = Fa
     render(output, d, _policy_text)
 
 
-def _store(bucket, config):
-    return open_store(load_store_config(bucket, config))
+def _store(bucket, config, *, create: bool = False):
+    """Editing commands may create a local bucket; reading ones refuse a path that does not exist."""
+    return open_store(load_store_config(bucket, config), create=create)
 
 
 @app.command("show", epilog=MODEL)
@@ -112,7 +114,7 @@ def set_cmd(settings: Annotated[list[str], typer.Argument(help="RESOLUTION=DURAT
     Example: strata retention set raw=30d 5m=180d 1h=2y 1d=forever
     """
     values = _pairs(settings)
-    _, new = edit_policy(_store(bucket, config), lambda p: p.with_durations(values, tenant),
+    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.with_durations(values, tenant),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, tenant, output, dry_run)
 
@@ -126,7 +128,7 @@ def unset_cmd(resolutions: Annotated[list[str], typer.Argument(help="Resolutions
 
     Example: strata retention unset raw --tenant acme
     """
-    _, new = edit_policy(_store(bucket, config), lambda p: p.without_durations(resolutions, tenant),
+    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.without_durations(resolutions, tenant),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, tenant, output, dry_run)
 
@@ -149,7 +151,7 @@ def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the docum
     if if_absent:
         if expect_generation not in (None, 0):
             raise InvalidInputError("--if-absent means --expect-generation 0; do not give another generation")
-        store = _store(bucket, config)
+        store = _store(bucket, config, create=True)
         current, etag = load_policy(store)
         if etag is None:
             try:
@@ -161,7 +163,7 @@ def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the docum
         typer.echo(f"kept the stored retention policy (generation {current.generation}); nothing imported", err=True)
         _show(current, None, output, dry_run=True)
         return
-    _, new = edit_policy(_store(bucket, config), lambda p: replace(doc, generation=p.generation),
+    _, new = edit_policy(_store(bucket, config, create=True), lambda p: replace(doc, generation=p.generation),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, None, output, dry_run)
 
@@ -180,7 +182,7 @@ def rule_add_cmd(selector: Annotated[str, typer.Argument(help='PromQL series sel
     """
     rule = Rule.from_dict({"selector": selector, "retention": _pairs(settings or []),
                            "downsample": not no_downsample, **({"tenant": tenant} if tenant else {})}, "rule")
-    _, new = edit_policy(_store(bucket, config), lambda p: p.with_rule(rule, position),
+    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.with_rule(rule, position),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, None, output, dry_run)
 
@@ -194,7 +196,7 @@ def rule_rm_cmd(which: Annotated[str, typer.Argument(help="Rule index (see `show
 
     Example: strata retention rule rm 0
     """
-    _, new = edit_policy(_store(bucket, config), lambda p: p.without_rule(which),
+    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.without_rule(which),
                          expect_generation=expect_generation, dry_run=dry_run)
     _show(new, None, output, dry_run)
 
@@ -228,7 +230,7 @@ Now = Annotated[Optional[str], typer.Option(help="Pretend it is this time (ms or
 @app.command("plan", epilog=MODEL)
 @cli_errors
 def plan_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
-             deletion_delay: Delay = "48h", now: Now = None, output: OutputOpt = Output.text) -> None:
+             deletion_delay: Delay = DELETION_DELAY, now: Now = None, output: OutputOpt = Output.text) -> None:
     """Show what apply would mark, rewrite, remove (bytes per tenant/resolution) and what waits. Read-only."""
     store = _store(bucket, config)
     policy, _ = load_policy(store)
@@ -241,7 +243,7 @@ def plan_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantF
 @app.command("apply", epilog=MODEL)
 @cli_errors
 def apply_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
-              deletion_delay: Delay = "48h", now: Now = None, dry_run: DryRun = False,
+              deletion_delay: Delay = DELETION_DELAY, now: Now = None, dry_run: DryRun = False,
               output: OutputOpt = Output.text) -> None:
     """Plan, then mark expired blocks, rewrite blocks that lose some series, remove blocks past the delay."""
     store = _store(bucket, config)

@@ -11,13 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from blocks.cli_common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from strata.common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
 from blocks.objstore import open_store
 from blocks.units import parse_bytes
 from ingest.receive_http import serve_http
 from ingest.receiver import Receiver, ReceiverConfig
 from ingest.rw_decode import LabelLimits
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
 
 
 @cli_errors

@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from blocks.cli_common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from strata.common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
 from blocks.errors import InvalidInputError
 from blocks.units import parse_bytes
 from blocks.objstore import open_store
-from query_gateway.auth import TenantAuth
+from blocks.auth import TenantAuth
+from blocks.marks import DELETION_DELAY
 from query_gateway.engine import Engine, Limits
 from query_gateway.grpc_api import serve_grpc
 from query_gateway.http_api import Gateway, serve_http
@@ -46,7 +47,7 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               max_series: Annotated[int, typer.Option(help="Per-request series limit (0 = none).")] = 0,
               max_samples: Annotated[int, typer.Option(help="Per-request samples/windows limit (0 = none).")] = 0,
               max_query_range: Annotated[str, typer.Option(help="Per-request time-range limit, e.g. 400d ('0' = none).")] = "0",
-              deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay; marked blocks are not read past half of it.")] = "48h",
+              deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay; marked blocks are not read past half of it.")] = DELETION_DELAY,
               refresh: Annotated[str, typer.Option(help="How often block listings are refreshed.")] = "15s",
               cache_blocks: Annotated[int, typer.Option(help="Block series tables kept in memory.")] = 256,
               replay_cache: Annotated[str, typer.Option(help="Memory for replayed tier/raw samples of recent remote-read queries (blocks are immutable, so a dashboard's refresh reads nothing twice).")] = "96MiB",
@@ -63,7 +64,7 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     Example: strata gateway serve --bucket s3://metrics --grpc-listen 127.0.0.1:10901 --http-listen 127.0.0.1:10902
     """
     _release_freed_memory()
-    store = open_store(load_store_config(bucket, config))
+    store = open_store(load_store_config(bucket, config), create=False)
     limits = Limits(max_series, max_samples, 0 if max_query_range == "0" else parse_duration_ms(max_query_range))
     if remote_read_compression not in ("snappy", "literal"):
         raise InvalidInputError(f"--remote-read-compression must be snappy or literal, not {remote_read_compression!r}")

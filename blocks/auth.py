@@ -12,16 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blocks.errors import InvalidInputError, StrataError
+from blocks.errors import Forbidden, InvalidInputError, Unauthenticated  # noqa: F401 (re-exported)
 from blocks.layout import validate_tenant
 
 
-class Unauthenticated(StrataError):
-    """Missing or unknown bearer token."""
-
-
-class Forbidden(StrataError):
-    """A token asked for a tenant it does not own."""
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ import sys
 
 import typer
 
-from blocks.cli import app as blocks_app
-from compactor.compact_cli import compact_cmd
-from ingest.cli import generate_cmd, import_cmd
-from ingest.receive_cli import receive_cmd
-from retention.cli import app as retention_app
-from query_gateway.cli import app as gateway_app
-from query_gateway.sql_cli import sql_cmd
+from strata.blocks_cmd import app as blocks_app
+from strata.compact_cmd import compact_cmd
+from strata.import_cmd import generate_cmd, import_cmd
+from strata.receive_cmd import receive_cmd
+from strata.retention_cmd import app as retention_app
+from strata.gateway_cmd import app as gateway_app
+from strata.sql_cmd import sql_cmd
 
 app = typer.Typer(
     name="strata",

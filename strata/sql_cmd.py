@@ -16,11 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 
-from blocks.cli_common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from strata.common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
 from blocks.errors import InvalidInputError
 from blocks.layout import validate_tenant
 from blocks.objstore import open_store
 from blocks.reader import list_tenants
+from blocks.marks import DELETION_DELAY
 from query_gateway.sql import SqlError, SqlLimit, SqlResult, SqlSession, tenant_blocks
 
 
@@ -119,7 +120,7 @@ def sql_cmd(query: Annotated[Optional[str], typer.Argument(help="One SELECT; non
             explain: Annotated[bool, typer.Option("--explain", help="Print DuckDB's plan instead of running the query.")] = False,
             max_rows: Annotated[int, typer.Option(help="Stop after this many rows.")] = 100_000,
             timeout: Annotated[str, typer.Option(help="Cancel a query running longer than this.")] = "10m",
-            deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay (live-block rule).")] = "48h",
+            deletion_delay: Annotated[str, typer.Option(help="The compactor's deletion delay (live-block rule).")] = DELETION_DELAY,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No footer (rows, time, blocks, requests) on stderr.")] = False) -> None:
     """SQL over the bucket: views series, samples, samples_5m/1h/1d and blocks (read-only DuckDB).
 
@@ -128,7 +129,7 @@ def sql_cmd(query: Annotated[Optional[str], typer.Argument(help="One SELECT; non
     """
     if bool(tenant) == all_tenants:
         raise InvalidInputError("pass --tenant NAME or --all-tenants")
-    store = open_store(load_store_config(bucket, config))
+    store = open_store(load_store_config(bucket, config), create=False)
     now = int(time.time() * 1000)
     delay = parse_duration_ms(deletion_delay)
     names = list_tenants(store) if all_tenants else [validate_tenant(tenant)]

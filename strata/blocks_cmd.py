@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import pyarrow.parquet as pq
 import typer
 
-from blocks.cli_common import (
+from strata.common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
     render, table,
 )
@@ -28,8 +28,8 @@ def ls_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
            resolution: Annotated[Optional[str], typer.Option(help="Only this resolution: raw, 5m, 1h, 1d.")] = None,
            output: OutputOpt = Output.text) -> None:
     """List committed blocks per tenant and resolution with time range, series, samples, bytes."""
-    store = open_store(load_store_config(bucket, config))
-    res = Resolution.parse(resolution) if resolution else None
+    res = Resolution.parse(resolution) if resolution else None  # flags first, then the bucket
+    store = open_store(load_store_config(bucket, config), create=False)
     rows = []
     for t in [validate_tenant(tenant)] if tenant else list_tenants(store):
         listing = load_listing(store, t)
@@ -65,8 +65,9 @@ def inspect_cmd(block_id: Annotated[str, typer.Argument(help="Block ULID.")],
                 tenant: Annotated[str, typer.Option(help="Tenant of the block.")],
                 bucket: BucketOpt = None, config: ConfigOpt = None, output: OutputOpt = Output.text) -> None:
     """Show one block: meta, samples schema and row groups, and per-metric series counts."""
-    store = open_store(load_store_config(bucket, config))
-    meta = load_meta(store, validate_tenant(tenant), validate_block_id(block_id))
+    validate_tenant(tenant), validate_block_id(block_id)  # flags first, then the bucket
+    store = open_store(load_store_config(bucket, config), create=False)
+    meta = load_meta(store, tenant, block_id)
     series = read_series(store, meta)
     per_metric: dict[str, int] = {}
     for name in series.column("metric_name").to_pylist():
@@ -127,7 +128,7 @@ def verify_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                shallow: Annotated[bool, typer.Option(help="Check sizes and checksums only, not contents.")] = False,
                output: OutputOpt = Output.text) -> None:
     """Verify checksums, schema, sort order and meta consistency; exit 3 on any problem."""
-    store = open_store(load_store_config(bucket, config))
+    store = open_store(load_store_config(bucket, config), create=False)
     report = verify_bucket(store, validate_tenant(tenant) if tenant else None, deep=not shallow)
     data = {"checked": report.checked, "ok": report.ok,
             "problems": [{"tenant": t, "block": b, "problems": p} for (t, b), p in sorted(report.problems.items())],

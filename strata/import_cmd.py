@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from blocks.cli_common import (
+from strata.common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
     is_tty, parse_duration_ms, parse_time_ms, render,
 )

@@ -1,4 +1,8 @@
-"""Regenerate the Python protobuf/gRPC modules: `python -m query_gateway.pb.generate`.
+"""Regenerate the Python protobuf/gRPC modules of every package: `python -m blocks.pb.generate`.
+
+Protos live with their users: the Prometheus wire types shared by remote-write and remote-read
+in `blocks/pb/`, the remote-write subset in `ingest/pb/`, remote-read and Thanos in
+`query_gateway/pb/`.
 
 The generated *_pb2*.py files are committed (with grpcio-tools and protobuf pinned in
 pyproject.toml); tests/test_proto.py checks they match a fresh generation.
@@ -10,7 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROTOS = sorted(p.relative_to(ROOT).as_posix() for p in Path(__file__).parent.glob("*.proto"))
+PROTO_DIRS = ("blocks/pb", "ingest/pb", "query_gateway/pb")
+PROTOS = sorted(p.relative_to(ROOT).as_posix() for d in PROTO_DIRS for p in (ROOT / d).glob("*.proto"))
 
 
 def generate(out: Path = ROOT) -> None:
