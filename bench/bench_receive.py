@@ -33,8 +33,6 @@ sys.path.insert(0, str(ROOT))
 import cramjam  # noqa: E402
 
 from blocks.pb import prom_types_pb2  # noqa: E402
-
-from query_gateway.pb import prom_types_pb2  # noqa: E402
 from query_gateway.xor import _uvarint  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -20,33 +20,10 @@ from blocks.series import block_order
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from blocks.dedup import sort_dedup
 from ingest.parquet_long import parse_parquet_file
+from ingest.stream_import import ImportReport
 from ingest.textformat import ParsedText, infer_type, name_types, parse_text_file
 
 DEFAULT_BLOCK_RANGE_MS = 2 * 3600 * 1000
-
-
-@dataclass
-class ImportReport:
-    """What an import read and wrote."""
-
-    files: int = 0
-    samples_read: int = 0
-    samples_written: int = 0
-    duplicates_dropped: int = 0
-    conflicts_last_wins: int = 0
-    timestamps_rounded: int = 0
-    series: int = 0
-    blocks: list[BlockMeta] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        """JSON-friendly summary."""
-        return {"files": self.files, "samples_read": self.samples_read,
-                "samples_written": self.samples_written, "duplicates_dropped": self.duplicates_dropped,
-                "conflicts_last_wins": self.conflicts_last_wins,
-                "timestamps_rounded": self.timestamps_rounded, "series": self.series,
-                "blocks": [{"ulid": m.ulid, "min_time": m.min_time, "max_time": m.max_time,
-                            "series": m.stats.series, "samples": m.stats.samples,
-                            "bytes": m.stats.bytes} for m in self.blocks]}
 
 
 def parse_file(path: Path, fmt: str = "auto") -> ParsedText:

@@ -14,7 +14,7 @@ The polars parser in `ingest.textformat` is the slow oracle the tests compare ag
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from blocks.jit import jit as _jit
 
 # Line kinds
 SAMPLE, COMMENT, BLANK, MALFORMED = 0, 1, 2, 3
@@ -22,11 +22,6 @@ SAMPLE, COMMENT, BLANK, MALFORMED = 0, 1, 2, 3
 TS_OK, TS_ROUNDED, TS_SLOW, TS_INVALID, TS_MISSING = 0, 1, 2, 3, 4
 
 
-def _jit(fn):
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # no writable cache location (read-only image): compile per process
-        return njit(cache=False, nogil=True)(fn)
 
 
 @_jit

@@ -12,16 +12,11 @@ compiled code is cached on disk where the package directory is writable (else NU
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from blocks.jit import jit as _jit
 
 from query_gateway.xor import SAMPLES_PER_CHUNK
 
 
-def _jit(fn):
-    try:
-        return njit(cache=True, nogil=True)(fn)
-    except RuntimeError:  # no writable cache location (read-only image): compile per process
-        return njit(cache=False, nogil=True)(fn)
 
 
 @_jit

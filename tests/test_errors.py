@@ -133,7 +133,6 @@ def test_flush_with_a_forbidden_tenant_is_403_and_unknown_token_401(tmp_path):
 
 
 def test_grpc_retryable_store_error_is_unavailable():
-    from blocks.meta import Resolution  # noqa: F401  (the store stack below is the gateway's)
     from query_gateway.engine import Engine
     from query_gateway.grpc_api import serve_grpc
     from query_gateway.metrics import GatewayMetrics
