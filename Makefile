@@ -25,6 +25,7 @@ demo: install
 	$(BIN)/strata compact --bucket $(BUCKET) --once
 	$(BIN)/strata blocks verify --bucket $(BUCKET)
 	$(BIN)/strata blocks ls --bucket $(BUCKET)
+	@echo '# What retention would do once this data is old: plan as of 2030-01-01 (read-only; --now pretends a date).'
 	$(BIN)/strata retention plan --bucket $(BUCKET) --now 2030-01-01
 
 test: install

@@ -43,8 +43,8 @@ class TenantAuth:
 
     def resolve(self, tenant_header: str | None, authorization: str | None) -> str:
         """The tenant a request may read."""
-        asked = tenant_header.strip() if tenant_header else None
-        if asked is not None:
+        asked = tenant_header if tenant_header else None
+        if asked is not None:  # the exact header value: " t2" is not t2 (a proxy may allow-list exact values)
             validate_tenant(asked)
         if self.tokens:
             if not authorization or not authorization.startswith("Bearer "):

@@ -60,3 +60,23 @@ def fmt_bytes(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+MIN_MEMORY_BUDGET = 16 << 20
+
+
+def parse_memory_budget(text: str) -> int:
+    """A --memory-budget: a size of at least 16MiB (less cannot hold one row group)."""
+    n = parse_bytes(text)
+    if n < MIN_MEMORY_BUDGET:
+        raise InvalidInputError(f"memory budget {text!r} is below the minimum 16MiB")
+    return n
+
+
+def parse_block_range_ms(text: str) -> int:
+    """A raw block range: whole minutes that divide a day, so blocks align to UTC days (the
+    compactor merges each closed day into one block)."""
+    ms = parse_duration_ms(text)
+    if ms <= 0 or ms % 60_000 or 86_400_000 % ms:
+        raise InvalidInputError(f"invalid block range {text!r}: use whole minutes that divide 24h, e.g. 2h, 1h, 30m")
+    return ms

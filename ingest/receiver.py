@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import struct
-import sys
 import threading
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
+from blocks.log import log
 from blocks.errors import InvalidInputError, RetryableError, StrataError
 from blocks.labels import METRIC_NAME
 from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, validate_tenant
@@ -618,9 +618,8 @@ class Receiver:
             raise ValueError(f"unknown record type {rtype}")
 
 
-def _log(event: str, **fields) -> None:
-    sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
-    sys.stderr.flush()
+def _log(event: str, level: str = "info", **fields) -> None:
+    log("receiver", event, level, **fields)
 
 
 __all__ = ["Receiver", "ReceiverConfig", "WriteResult", "NotReady", "Overloaded", "SealResult"]

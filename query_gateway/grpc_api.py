@@ -18,7 +18,7 @@ from blocks.auth import TenantAuth
 from query_gateway.convert import AGGR_BY_ENUM, AGGR_COLUMNS, series_chunks
 from query_gateway.engine import Engine, parse_matchers
 from query_gateway.memory import release as release_memory
-from query_gateway.metrics import GatewayMetrics
+from query_gateway.metrics import GatewayMetrics, log_event
 from query_gateway.pb import thanos_info_pb2, thanos_info_pb2_grpc, thanos_store_pb2, thanos_store_types_pb2
 from query_gateway.wire import batch_response, labels_bytes, series_response, warning_response
 
@@ -33,8 +33,10 @@ def _meta(context) -> dict[str, str]:
 
 
 class _Base:
-    def __init__(self, engine: Engine, auth: TenantAuth, metrics: GatewayMetrics) -> None:
+    def __init__(self, engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, *, access_log: bool = True,
+                 slow_query_s: float = 5.0) -> None:
         self.engine, self.auth, self.metrics = engine, auth, metrics
+        self.access_log, self.slow_query_s = access_log, slow_query_s
 
     def _tenant(self, context) -> str:
         md = _meta(context)
@@ -62,6 +64,15 @@ class _Base:
             self._abort(context, e)
         finally:
             self.metrics.observe(api, code, time.perf_counter() - t0)
+            self._log(api, code, time.perf_counter() - t0, context)
+
+    def _log(self, api: str, code: str, seconds: float, context) -> None:
+        slow = seconds >= self.slow_query_s
+        if slow or self.access_log:
+            md = _meta(context)
+            log_event("slow_query" if slow else "request", level="warn" if slow else "info", api=api, status=code,
+                      seconds=round(seconds, 4), tenant=md.get("x-scope-orgid") or md.get("thanos-tenant"),
+                      client=context.peer())
 
     def _stream(self, api: str, context, fn: Callable[[str], Iterator[bytes]]) -> Iterator[bytes]:
         t0 = time.perf_counter()
@@ -73,6 +84,7 @@ class _Base:
             self._abort(context, e)
         finally:
             self.metrics.observe(api, code, time.perf_counter() - t0)
+            self._log(api, code, time.perf_counter() - t0, context)
             release_memory()
 
 
@@ -181,7 +193,8 @@ def _serialize(msg) -> bytes:
 
 
 def serve_grpc(engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, listen: str,
-               workers: int = 8, max_concurrent: int = 64) -> tuple[grpc.Server, int]:
+               workers: int = 8, max_concurrent: int = 64, access_log: bool = True,
+               slow_query_s: float = 5.0) -> tuple[grpc.Server, int]:
     """Start the gRPC server; returns (server, bound port)."""
     from query_gateway import wire
 
@@ -190,7 +203,7 @@ def serve_grpc(engine: Engine, auth: TenantAuth, metrics: GatewayMetrics, listen
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), maximum_concurrent_rpcs=max_concurrent,
                          options=[("grpc.max_send_message_length", 64 << 20),
                                   ("grpc.max_receive_message_length", 16 << 20)])
-    store = StoreService(engine, auth, metrics)
+    store = StoreService(engine, auth, metrics, access_log=access_log, slow_query_s=slow_query_s)
     req = thanos_store_pb2
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("thanos.Store", {
         "Series": grpc.unary_stream_rpc_method_handler(store.Series, request_deserializer=req.SeriesRequest.FromString,

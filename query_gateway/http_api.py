@@ -30,7 +30,7 @@ from query_gateway.ui import UI_PAGE, bucket_document
 from query_gateway.convert import REPLAY_COLUMNS, derived_samples, prefers_raw, replay_mode, replay_windows
 from query_gateway.engine import Engine, Matcher, SeriesData, parse_matchers
 from query_gateway.memory import release as release_memory
-from query_gateway.metrics import GatewayMetrics
+from query_gateway.metrics import GatewayMetrics, log_event
 from query_gateway.pb import prom_remote_pb2
 from query_gateway.wire import (
     Pieces, chunked_read_frame, labels_bytes, prom_chunk_groups, prom_chunk_groups_of, snappy_block,
@@ -79,6 +79,7 @@ class Gateway:
         # POST /api/v1/sql: rows and time per query; the UI's retention panel (policy + plan).
         self.sql_max_rows, self.sql_timeout_s = sql_max_rows, sql_timeout_s
         self.retention_info = retention_info
+        self.access_log, self.slow_query_s = True, 5.0  # one line per API request; warn above slow_query_s
         # A socket read or write stalled this long ends the connection; a request body must
         # arrive within it in all. Connections beyond max_connections get 503 at once.
         self.request_timeout_s, self.max_connections = request_timeout_s, max_connections
@@ -222,6 +223,9 @@ def _handler(gw: Gateway):
                 self._json(status, {"status": "error", "errorType": "internal", "error": str(e)})
             finally:
                 gw.metrics.observe(api, str(status), time.perf_counter() - t0)
+                request_log(gw, api, status, time.perf_counter() - t0, method=self.command, path=path,
+                            tenant=self.headers.get("X-Scope-OrgID"), client=self.client_address[0],
+                            tiers=sorted(self._tiers))
                 if self._tiers and status == 200:
                     gw.metrics.observe_tiers(api, self._tiers, time.perf_counter() - t0)
                 if api in ("remote_read", "series", "labels", "label_values"):
@@ -457,6 +461,18 @@ def _handler(gw: Gateway):
             gw.metrics.samples.labels("remote_read_streamed").inc(n)
 
     return Handler
+
+
+QUIET_APIS = ("metrics", "healthy", "ready", "ui")
+
+
+def request_log(gw, api: str, status, seconds: float, **fields) -> None:
+    """The access log (API requests, not scrapes or probes) and the slow-query log (warn)."""
+    slow = seconds >= gw.slow_query_s
+    if not slow and (not gw.access_log or api in QUIET_APIS):
+        return
+    log_event("slow_query" if slow else "request", level="warn" if slow else "info", api=api, status=status,
+              seconds=round(seconds, 4), **{k: v for k, v in fields.items() if v not in (None, [], "")})
 
 
 def _json_value(v):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import sys
-import time
 
+from blocks.log import log
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -59,11 +57,8 @@ class GatewayMetrics:
 
 
 def log_event(event: str, *, level: str = "info", **fields) -> None:
-    """One JSON line on stderr (the gateway's log)."""
-    doc = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level, "component": "gateway",
-           "event": event, **fields}
-    sys.stderr.write(json.dumps(doc, default=str) + "\n")
-    sys.stderr.flush()
+    """One log line of the gateway (blocks.log format)."""
+    log("gateway", event, level, **fields)
 
 
 class _StoreCollector:

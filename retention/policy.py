@@ -51,7 +51,23 @@ def parse_retention(text: str) -> int | None:
     ms = parse_duration_ms(text)
     if ms <= 0:
         raise InvalidInputError(f"invalid duration {text!r}: must be positive (or forever)")
+    if ms > MAX_RETENTION_MS:
+        raise InvalidInputError(f"invalid duration {text!r}: more than 1000y; say forever")
     return ms
+
+
+MAX_RETENTION_MS = 1000 * 31_536_000_000
+
+
+def check_tier_order(durations: Mapping[str, str], where: str) -> None:
+    """A coarser tier kept for less time than a finer one it is built from is refused:
+    e.g. `raw=30d 5m=7d` (the 5m tier exists to outlive raw). Unset tiers are not compared."""
+    set_ = [(r, parse_retention(durations[r])) for r in RESOLUTIONS if r in durations]
+    for (fine, fine_ms), (coarse, coarse_ms) in zip(set_, set_[1:]):
+        if coarse_ms is not None and (fine_ms is None or coarse_ms < fine_ms):
+            raise InvalidInputError(
+                f"{where}: {coarse}={durations[coarse]} is shorter than {fine}={durations[fine]}; a coarser tier "
+                "should outlive the finer one it summarises (set them equal to drop both together)")
 
 
 def _durations(raw: Any, where: str) -> dict[str, str]:
@@ -178,8 +194,10 @@ class Policy:
         """Set durations for the defaults or one tenant."""
         new = _durations(values, "set")
         if tenant is None:
+            check_tier_order({**self.defaults, **new}, "defaults")
             return replace(self, defaults={**self.defaults, **new})
         validate_tenant(tenant)
+        check_tier_order({**self.tenants.get(tenant, {}), **new}, f"tenant {tenant}")
         return replace(self, tenants={**self.tenants, tenant: {**self.tenants.get(tenant, {}), **new}})
 
     def without_durations(self, resolutions: Iterable[str], tenant: str | None) -> "Policy":

@@ -18,7 +18,7 @@ from blocks.objstore import open_store
 from blocks.reader import list_tenants, load_listing, load_meta, open_object, read_series
 from blocks.verify import verify_bucket
 
-app = typer.Typer(help="List, inspect and verify the blocks in a bucket.", no_args_is_help=True)
+app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, help="List, inspect and verify the blocks in a bucket.", no_args_is_help=True)
 
 
 @app.command("ls")

@@ -15,13 +15,33 @@ from strata.retention_cmd import app as retention_app
 from strata.gateway_cmd import app as gateway_app
 from strata.sql_cmd import sql_cmd
 
+HELP = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="strata",
+    context_settings=HELP,
     help="Strata: the long-term tier for Prometheus metrics (blocks on object storage, "
          "downsampled 5m/1h/1d, retention, store-gateway, remote-write receiver).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            v = version("strata")
+        except PackageNotFoundError:
+            v = "unknown (not installed)"
+        typer.echo(f"strata {v}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", help="Print the version and exit.",
+                                       callback=_version, is_eager=True)) -> None:
+    """Strata: the long-term tier for Prometheus metrics."""
+
+
 app.command("import")(import_cmd)
 app.command("generate")(generate_cmd)
 app.command("compact")(compact_cmd)

@@ -16,9 +16,10 @@ from strata.common import (
     load_store_config, parse_duration_ms, parse_time_ms, render,
 )
 from blocks.errors import HaltError, RetryableError, StrataError
+from blocks.log import human, record
 from blocks.objstore import open_store
 from blocks.selectors import parse_selector
-from blocks.units import parse_bytes
+from blocks.units import parse_memory_budget
 from blocks.writer import WriterOptions
 from blocks.marks import DELETION_DELAY
 from compactor.execute import ExecOptions
@@ -66,13 +67,15 @@ def _emitter():
         def emit(event: str, **fields) -> None:
             if event in ("compact", "downsample"):
                 status.update(f"strata compact: {event} {fields.get('job', '')}")
-            elif event in ("halt", "retry"):
-                console.print(f"[red]{event}[/red] {fields}")
+            elif event in ("halt", "retry", "error"):
+                console.print(human(record("compactor", event, "error" if event != "retry" else "warn", **fields)),
+                              style="red", markup=False, highlight=False)
 
         return emit, status.stop
 
     def emit(event: str, **fields) -> None:
-        sys.stderr.write(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}) + "\n")
+        level = {"halt": "error", "error": "error", "retry": "warn", "leased": "warn"}.get(event, "info")
+        sys.stderr.write(json.dumps(record("compactor", event, level, **fields), default=str) + "\n")
 
     return emit, lambda: None
 
@@ -103,6 +106,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     SIGTERM included.
     """
     i, n = parse_shard(shard)
+    budget = parse_memory_budget(memory_budget)  # nonsense flags: one line, before the pass starts
     summary = Summary()
     failure: BaseException | None = None
     previous = _on_sigterm(_terminated)
@@ -113,7 +117,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
         scratch = str(scratch_dir) if scratch_dir else None
         execution = ExecOptions(
             writer=WriterOptions(scratch_dir=scratch),
-            partition_rows=max(10_000, parse_bytes(memory_budget) // BYTES_PER_PARTITION_ROW),
+            partition_rows=max(10_000, budget // BYTES_PER_PARTITION_ROW),
             scratch_dir=scratch, dedup_replica_label=dedup_replica_label,
             downsample_exclude=(lambda labels: any(sel.matches(labels) for sel in selectors)) if selectors else None)
         cfg = CompactorConfig(grace_ms=parse_duration_ms(grace), deletion_delay_ms=parse_duration_ms(deletion_delay),

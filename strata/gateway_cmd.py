@@ -21,7 +21,7 @@ from query_gateway.grpc_api import serve_grpc
 from query_gateway.http_api import Gateway, serve_http
 from query_gateway.metrics import GatewayMetrics
 
-app = typer.Typer(help="The store-gateway: serves blocks to Thanos Query (gRPC StoreAPI), Prometheus "
+app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, help="The store-gateway: serves blocks to Thanos Query (gRPC StoreAPI), Prometheus "
                        "remote-read and the Prometheus label/series HTTP API.", no_args_is_help=True)
 
 
@@ -58,7 +58,9 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               http_max_connections: Annotated[int, typer.Option(help="Concurrent HTTP connections (one thread each); more get 503 at once.")] = 128,
               grpc_max_concurrent: Annotated[int, typer.Option(help="Concurrent gRPC calls; more get RESOURCE_EXHAUSTED.")] = 64,
               sql_max_rows: Annotated[int, typer.Option(help="POST /api/v1/sql: rows per answer (more: 422).")] = 100_000,
-              sql_timeout: Annotated[str, typer.Option(help="POST /api/v1/sql: a query running longer is cancelled (422).")] = "30s") -> None:
+              sql_timeout: Annotated[str, typer.Option(help="POST /api/v1/sql: a query running longer is cancelled (422).")] = "30s",
+              access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One JSON line per API request (not /metrics or probes).")] = True,
+              slow_query: Annotated[str, typer.Option(help="Requests slower than this are logged at warn level as slow_query, access log or not.")] = "5s") -> None:
     """Serve until SIGTERM/SIGINT.
 
     Example: strata gateway serve --bucket s3://metrics --grpc-listen 127.0.0.1:10901 --http-listen 127.0.0.1:10902
@@ -82,7 +84,9 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                  request_timeout_s=parse_duration_ms(http_timeout) / 1000, max_connections=http_max_connections,
                  sql_max_rows=sql_max_rows, sql_timeout_s=parse_duration_ms(sql_timeout) / 1000,
                  retention_info=lambda tenant: retention_summary(store, tenant, delay_ms=delay_ms))
-    grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen, max_concurrent=grpc_max_concurrent)
+    gw.access_log, gw.slow_query_s = access_log, parse_duration_ms(slow_query) / 1000
+    grpc_server, grpc_port = serve_grpc(engine, auth, metrics, grpc_listen, max_concurrent=grpc_max_concurrent,
+                                        access_log=access_log, slow_query_s=gw.slow_query_s)
     http_server, http_port = serve_http(gw, http_listen)
     store.list("_strata/index/")  # the bucket answers: ready
     gw.ready.set()

@@ -14,12 +14,12 @@ import typer
 
 from strata.common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
-    is_tty, parse_duration_ms, parse_time_ms, render,
+    is_tty, parse_time_ms, render,
 )
 from blocks.errors import InvalidInputError
 from blocks.layout import validate_tenant
 from blocks.objstore import make_s3_client, open_store
-from blocks.units import parse_bytes
+from blocks.units import parse_block_range_ms, parse_memory_budget
 from blocks.writer import WriterOptions
 from ingest.generate import GenSpec, generate_prepared, write_openmetrics, write_parquet_long
 from ingest.importer import write_prepared
@@ -144,8 +144,8 @@ def import_cmd(files: Annotated[list[str], typer.Argument(help="OpenMetrics/Prom
     cfg = load_store_config(bucket, config)
     store = open_store(cfg)
     now = int(time.time() * 1000)
-    opts = ImportOptions(fmt=format.value, block_range_ms=parse_duration_ms(block_range),
-                         memory_budget=parse_bytes(memory_budget),
+    opts = ImportOptions(fmt=format.value, block_range_ms=parse_block_range_ms(block_range),
+                         memory_budget=parse_memory_budget(memory_budget),
                          window=None if allow_any_time else TimeWindow.default(now),
                          allow_empty=allow_empty, force=force,
                          writer=WriterOptions(scratch_dir=str(scratch_dir) if scratch_dir else None))

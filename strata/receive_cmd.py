@@ -13,7 +13,7 @@ import typer
 
 from strata.common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
 from blocks.objstore import open_store
-from blocks.units import parse_bytes
+from blocks.units import parse_block_range_ms, parse_bytes
 from ingest.receive_http import serve_http
 from ingest.receiver import Receiver, ReceiverConfig
 from ingest.rw_decode import LabelLimits
@@ -47,7 +47,7 @@ def receive_cmd(wal_dir: Annotated[Path, typer.Option(help="WAL segments and sta
     """
     store = open_store(load_store_config(bucket, config))
     cfg = ReceiverConfig(
-        wal_dir=wal_dir, block_range_ms=parse_duration_ms(block_range), grace_ms=_dur0(ooo_grace),
+        wal_dir=wal_dir, block_range_ms=parse_block_range_ms(block_range), grace_ms=_dur0(ooo_grace),
         future_ms=_dur0(future_window), max_age_ms=parse_duration_ms(max_sample_age), max_head_bytes=parse_bytes(max_head_bytes),
         max_request_bytes=parse_bytes(max_request_bytes), segment_bytes=parse_bytes(wal_segment_size),
         commit_delay_s=_dur0(wal_commit_delay) / 1000, seal_interval_s=parse_duration_ms(seal_interval) / 1000,

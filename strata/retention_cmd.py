@@ -14,6 +14,7 @@ from strata.common import (
     parse_duration_ms, parse_time_ms, render, table,
 )
 from blocks.errors import InvalidInputError
+from blocks.layout import validate_tenant
 from blocks.objstore import open_store
 from blocks.marks import DELETION_DELAY
 from retention.apply import apply_plan, plan_retention
@@ -39,9 +40,9 @@ Example:
   strata retention apply --dry-run
 """
 
-app = typer.Typer(help="Retention policies per resolution, tenant and series selector.\n" + MODEL,
+app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, help="Retention policies per resolution, tenant and series selector.\n" + MODEL,
                   no_args_is_help=True)
-rule_app = typer.Typer(help="Ordered per-selector rules (first match wins).\n" + MODEL, no_args_is_help=True)
+rule_app = typer.Typer(context_settings={"help_option_names": ["-h", "--help"]}, help="Ordered per-selector rules (first match wins); see `strata retention --help` for the model.", no_args_is_help=True)
 app.add_typer(rule_app, name="rule")
 
 TenantFilter = Annotated[Optional[str], typer.Option("--tenant", help="A tenant (default: the defaults / all tenants).")]
@@ -81,7 +82,9 @@ def _policy_text(d: dict) -> str:
 
 
 def _show(policy: Policy, tenant: str | None, output: Output, dry_run: bool = False) -> None:
-    d: dict = {"policy": policy.to_dict(), "dry_run": dry_run}
+    d: dict = {"policy": policy.to_dict()}
+    if dry_run:
+        d["dry_run"] = True
     if tenant:
         base = policy.base(tenant)
         d["effective"] = {"tenant": tenant, "source": base.source,
@@ -95,16 +98,18 @@ def _store(bucket, config, *, create: bool = False):
     return open_store(load_store_config(bucket, config), create=create)
 
 
-@app.command("show", epilog=MODEL)
+@app.command("show")
 @cli_errors
 def show_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
              output: OutputOpt = Output.text) -> None:
     """Print the policy (and, with --tenant, what applies to that tenant's series)."""
+    if tenant is not None:
+        validate_tenant(tenant)  # before any I/O, as every other command does
     policy, _ = load_policy(_store(bucket, config))
     _show(policy, tenant, output)
 
 
-@app.command("set", epilog=MODEL)
+@app.command("set")
 @cli_errors
 def set_cmd(settings: Annotated[list[str], typer.Argument(help="RESOLUTION=DURATION pairs, e.g. raw=30d 5m=180d 1d=forever.")],
             bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
@@ -119,7 +124,7 @@ def set_cmd(settings: Annotated[list[str], typer.Argument(help="RESOLUTION=DURAT
     _show(new, tenant, output, dry_run)
 
 
-@app.command("unset", epilog=MODEL)
+@app.command("unset")
 @cli_errors
 def unset_cmd(resolutions: Annotated[list[str], typer.Argument(help="Resolutions to unset: raw, 5m, 1h, 1d.")],
               bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
@@ -133,7 +138,7 @@ def unset_cmd(resolutions: Annotated[list[str], typer.Argument(help="Resolutions
     _show(new, tenant, output, dry_run)
 
 
-@app.command("import", epilog=MODEL)
+@app.command("import")
 @cli_errors
 def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the document `show -o json` prints under 'policy').")],
                bucket: BucketOpt = None, config: ConfigOpt = None, dry_run: DryRun = False,
@@ -168,7 +173,7 @@ def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the docum
     _show(new, None, output, dry_run)
 
 
-@rule_app.command("add", epilog=MODEL)
+@rule_app.command("add")
 @cli_errors
 def rule_add_cmd(selector: Annotated[str, typer.Argument(help='PromQL series selector, e.g. \'{__name__=~"go_.*"}\'.')],
                  settings: Annotated[Optional[list[str]], typer.Argument(help="RESOLUTION=DURATION pairs.")] = None,
@@ -187,7 +192,7 @@ def rule_add_cmd(selector: Annotated[str, typer.Argument(help='PromQL series sel
     _show(new, None, output, dry_run)
 
 
-@rule_app.command("rm", epilog=MODEL)
+@rule_app.command("rm")
 @cli_errors
 def rule_rm_cmd(which: Annotated[str, typer.Argument(help="Rule index (see `show`) or its exact selector.")],
                 bucket: BucketOpt = None, config: ConfigOpt = None, dry_run: DryRun = False,
@@ -201,10 +206,29 @@ def rule_rm_cmd(which: Annotated[str, typer.Argument(help="Rule index (see `show
     _show(new, None, output, dry_run)
 
 
+@rule_app.command("ls")
+@cli_errors
+def rule_ls_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, output: OutputOpt = Output.text) -> None:
+    """List the rules in order (first match wins)."""
+    policy, _ = load_policy(_store(bucket, config))
+    rules = [{"index": i, **r.to_dict()} for i, r in enumerate(policy.rules)]
+
+    def text(rs: list[dict]) -> str:
+        if not rs:
+            return "no rules"
+        rows = [[str(r["index"]), r["selector"], r.get("tenant") or "*"]
+                + [r["retention"].get(x, "-") for x in RESOLUTIONS] + ["no" if r.get("downsample") is False else "yes"]
+                for r in rs]
+        return table(rows, ["#", "selector", "tenant", *RESOLUTIONS, "downsample"])
+
+    render(output, rules, text)
+
+
 def _plan_text(d: dict) -> str:
     lines = [f"retention plan (policy generation {d['policy_generation']}, now {fmt_time(d['now_ms'])}, "
              f"deletion delay {d['delay_ms'] // 3_600_000}h)"]
-    verbs = {"delete": "MARK", "rewrite": "REWRITE", "remove": "REMOVE", "wait": "WAIT"}
+    # the JSON's action names, upper-cased: "delete" marks the block now; it goes after the delay
+    verbs = {"delete": "DELETE", "rewrite": "REWRITE", "remove": "REMOVE", "wait": "WAIT"}
     for x in d["decisions"]:
         lines.append(f"{verbs[x['action']]:8} {x['tenant']}/{x['block']} {x['resolution']:>3} "
                      f"{fmt_bytes(x['bytes']):>10}  {x['reason']}")
@@ -227,7 +251,7 @@ Delay = Annotated[str, typer.Option("--deletion-delay", help="Marked blocks are 
 Now = Annotated[Optional[str], typer.Option(help="Pretend it is this time (ms or ISO-8601).")]
 
 
-@app.command("plan", epilog=MODEL)
+@app.command("plan")
 @cli_errors
 def plan_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
              deletion_delay: Delay = DELETION_DELAY, now: Now = None, output: OutputOpt = Output.text) -> None:
@@ -240,7 +264,7 @@ def plan_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantF
     render(output, plan.as_dict(), _plan_text)
 
 
-@app.command("apply", epilog=MODEL)
+@app.command("apply")
 @cli_errors
 def apply_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantFilter = None,
               deletion_delay: Delay = DELETION_DELAY, now: Now = None, dry_run: DryRun = False,

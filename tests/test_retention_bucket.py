@@ -145,7 +145,7 @@ def test_plan_is_read_only_then_apply_marks_and_removes_after_delay(s3):
     marked_raw = [m for m in live(store) if m.resolution == Resolution.RAW]
     assert totals[("t", "raw", "delete")]["bytes"] == sum(m.stats.bytes for m in marked_raw)
     text = runner.invoke(app, ["retention", "plan", "--bucket", url, "--now", str(now)]).output
-    assert "MARK" in text and "WAIT" in text and "bytes freed" in text
+    assert "DELETE" in text and "WAIT" in text and "bytes freed" in text  # the JSON action names (issue 18)
 
     r = runner.invoke(app, ["retention", "apply", "--dry-run", "--bucket", url, "--now", str(now)])
     assert r.exit_code == 0 and keys(store) == before
