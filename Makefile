@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DATA   ?= ./data
 BUCKET ?= $(DATA)/bucket
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean image
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,3 +45,8 @@ bench: install
 
 clean:
 	rm -rf $(DATA) bench/out .pytest_cache .hypothesis
+
+# The container image (infra/README.md: push it, then `kustomize edit set image strata=...`).
+IMAGE ?= strata
+image:
+	docker build -t $(IMAGE):$$($(PY) -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])') .

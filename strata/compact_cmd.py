@@ -92,7 +92,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                 grace: Annotated[str, typer.Option(help="A range is closed this long after its end.")] = "1h",
                 lease_ttl: Annotated[str, typer.Option(help="A job's lease expires this long after its holder's last renewal (it renews every third of it while the job runs).")] = "2m",
                 metrics_textfile: Annotated[Optional[Path], typer.Option(help="Write the summary as Prometheus metrics to this file.")] = None,
-                pushgateway: Annotated[Optional[str], typer.Option(help="Push the summary metrics to this Pushgateway URL (job strata_compact).")] = None,
+                pushgateway: Annotated[Optional[str], typer.Option(envvar="STRATA_PUSHGATEWAY", help="Push the summary metrics to this Pushgateway URL (job strata_compact); empty: no push.")] = None,
                 require_push: Annotated[bool, typer.Option("--require-push", help="Exit 1 if an otherwise successful pass could not push to the Pushgateway.")] = False,
                 now: Annotated[Optional[str], typer.Option(help="Pretend it is this time (ms or ISO-8601); for tests and backfills.")] = None,
                 output: OutputOpt = Output.text) -> None:
@@ -136,7 +136,7 @@ def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
         _on_sigterm(previous)
     code = exit_code(summary)
     push_failed = False
-    if pushgateway is not None:
+    if pushgateway:
         push_failed = not push_metrics(pushgateway, metrics_text(summary, int(time.time() * 1000), code),
                                        f"{i}" if n > 1 else "")
     # Written on every exit path, crashes included, so StrataCompactFailed can fire.

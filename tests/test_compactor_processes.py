@@ -117,6 +117,15 @@ def test_kill_9_at_20_random_moments_then_one_rerun(tmp_path, moto_endpoint):
     want = digests(open_store(ref))
     assert set(want) == {"raw", "5m", "1h", "1d"}
     rnd = random.Random(20)
+    # How long one whole pass takes here (startup included), so the kills land inside it.
+    timing = s3_config(moto_endpoint, "kill-timing")
+    make_s3_client(timing).create_bucket(Bucket="kill-timing")
+    write_prepared(open_store(timing), "t", data, now_ms=1)
+    (tmp_path / "timing").mkdir()
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "strata.cli", "compact", "--config", str(config_file(tmp_path / "timing", timing)),
+                    "--now", str(KILL_NOW)], cwd=ROOT, env=env, capture_output=True, check=True)
+    full = time.monotonic() - t0
     first_try, second_try, killed = 0, 0, 0
     for trial in range(20):
         cfg = s3_config(moto_endpoint, f"kill-{trial}")
@@ -128,7 +137,7 @@ def test_kill_9_at_20_random_moments_then_one_rerun(tmp_path, moto_endpoint):
         cmd = [sys.executable, "-m", "strata.cli", "compact", "--config", str(path), "--now", str(KILL_NOW),
                "--output", "json"]
         p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rnd.uniform(0.8, 4.0))
+        time.sleep(rnd.uniform(0.25 * full, 0.9 * full))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             killed += 1

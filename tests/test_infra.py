@@ -162,7 +162,7 @@ def test_cronjob_settings_match_the_measured_job():
     assert limit == "2Gi"  # measured peak RSS ~1.0 GiB at --memory-budget 1GiB (bench/bench_compact.py)
     sharded = next(d for n, d in manifests() if n == "compact-sharded-job.yaml")
     assert sharded["spec"]["completionMode"] == "Indexed"
-    env = {e["name"]: e["value"] for e in sharded["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in sharded["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert int(env["JOB_COMPLETIONS"]) == sharded["spec"]["completions"]
     gw = next(d for _, d in manifests() if d["kind"] == "Deployment")
     c = gw["spec"]["template"]["spec"]["containers"][0]
@@ -379,3 +379,31 @@ def test_gateway_and_compactor_agree_on_the_deletion_delay():
                 delays[(path, args[0])] = next((a.split("=", 1)[1] for a in args if a.startswith("--deletion-delay=")), None)
     assert {k for _, k in delays} == {"compact", "gateway"}
     assert set(delays.values()) == {DELETION_DELAY}, delays
+
+
+def test_deployment_wiring_for_non_eks_and_operator_scraping():
+    """Pushgateway URL from the ConfigMap (not hard-coded), S3 keys from an optional Secret on every
+    container, ServiceMonitors matching the Services, and an AWS provider with a region variable."""
+    cm = next(d for _, d in manifests() if d["kind"] == "ConfigMap")
+    assert cm["data"]["pushgateway-url"].startswith("http://")
+    assert "secret_access_key" not in cm["data"]["strata.toml"]
+    for name, d, spec in pod_specs():
+        if name.endswith(".example.yaml"):
+            continue
+        for c in spec["containers"]:
+            assert not any(a.startswith("--pushgateway=") for a in c.get("args", [])), name
+            assert {"secretRef": {"name": "strata-s3-credentials", "optional": True}} in c.get("envFrom", []), name
+            if c.get("args", [])[:1] == ["compact"]:
+                env = {e["name"]: e for e in c.get("env", [])}
+                assert env["STRATA_PUSHGATEWAY"]["valueFrom"]["configMapKeyRef"]["key"] == "pushgateway-url"
+    secret = yaml.safe_load((K8S / "s3-credentials.example.yaml").read_text())
+    assert secret["kind"] == "Secret" and set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    services = {d["metadata"]["name"]: d for _, d in manifests() if d["kind"] == "Service"}
+    monitors = list(yaml.safe_load_all((ROOT / "infra" / "monitoring" / "strata-servicemonitors.yaml").read_text()))
+    assert {m["metadata"]["name"] for m in monitors} == {"strata-gateway", "strata-receiver"}
+    for m in monitors:
+        svc = services[m["metadata"]["name"]]
+        assert m["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+        assert {e["port"] for e in m["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
+    tf = "".join(p.read_text() for p in TF.glob("*.tf"))
+    assert 'provider "aws"' in tf and "region = var.region" in tf and 'variable "region"' in tf

@@ -56,3 +56,8 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "region" {
+  description = "AWS region of the bucket (also [store] region in infra/k8s/configmap.yaml)."
+  type        = string
+}
