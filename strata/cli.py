@@ -17,6 +17,25 @@ from strata.sql_cmd import sql_cmd
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
+
+def _flags_without_value_hint() -> None:
+    """typer 0.2x prints a `<bool>` value hint after on/off flags (`--force <bool>`), which take no
+    value; show none for flags."""
+    from typer import core
+
+    shown = core.TyperOption.display_type_rich
+    if getattr(shown, "_strata", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._strata = True
+    core.TyperOption.display_type_rich = display_type_rich
+
+
+_flags_without_value_hint()
+
 app = typer.Typer(
     name="strata",
     context_settings=HELP,

@@ -82,7 +82,7 @@ def _emitter():
 
 @cli_errors
 def compact_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
-                once: Annotated[bool, typer.Option("--once", help="Run one pass and exit (the CronJob mode; the only mode).")] = True,
+                once: Annotated[bool, typer.Option("--once", hidden=True, help="Accepted for old manifests: one pass is the only mode.")] = True,
                 shard: Annotated[Optional[str], typer.Option(help="i/n: this pod's share of (tenant, group, day) work; default from JOB_COMPLETION_INDEX/JOB_COMPLETIONS.")] = None,
                 dedup_replica_label: Annotated[Optional[str], typer.Option(help="Deduplicate HA replicas that differ only in this label.")] = None,
                 downsample_exclude: Annotated[Optional[list[str]], typer.Option(help='Series selector kept out of downsampling, e.g. \'{__name__=~"go_.*"}\'; repeatable.')] = None,

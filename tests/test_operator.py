@@ -114,3 +114,10 @@ def test_gateway_access_and_slow_query_logs(tmp_path, capfd):
     events = [(d["event"], d["api"], d["level"]) for d in logs if d.get("logger") == "gateway"]
     assert events == [("request", "labels", "info"), ("slow_query", "labels", "warn")]
     assert logs[0]["status"] == 200 and logs[0]["client"] == "127.0.0.1" and "seconds" in logs[0]
+
+
+def test_help_shows_no_value_hint_for_flags():
+    for args in (["import", "-h"], ["compact", "-h"], ["retention", "set", "-h"], ["gateway", "serve", "-h"]):
+        r = runner.invoke(app, args, env={"COLUMNS": "160"})
+        assert r.exit_code == 0 and "<bool>" not in r.stdout, args
+    assert "--once" not in runner.invoke(app, ["compact", "-h"]).stdout  # a hidden no-op kept for old manifests
