@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/strata import --bucket $(BUCKET) --tenant demo $(DATA)/demo.om
 	$(BIN)/strata blocks verify --bucket $(BUCKET)
 	$(BIN)/strata retention set raw=30d 5m=180d 1h=2y 1d=forever --bucket $(BUCKET)
-	$(BIN)/strata compact --bucket $(BUCKET) --once
+	$(BIN)/strata compact --bucket $(BUCKET)
 	$(BIN)/strata blocks verify --bucket $(BUCKET)
 	$(BIN)/strata blocks ls --bucket $(BUCKET)
 	@echo '# What retention would do once this data is old: plan as of 2030-01-01 (read-only; --now pretends a date).'

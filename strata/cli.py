@@ -71,6 +71,33 @@ app.add_typer(retention_app, name="retention")
 app.add_typer(gateway_app, name="gateway")
 
 
+def _reflow(doc: str | None) -> str | None:
+    """Join a docstring paragraph's source line breaks (rich help keeps them, so a paragraph wrapped
+    at 100 columns in the source shows lines like `(retry).` alone on a narrower terminal);
+    indented lines (examples) keep theirs."""
+    if not doc:
+        return doc
+    import inspect
+
+    out = []
+    for para in inspect.cleandoc(doc).split("\n\n"):
+        lines = para.split("\n")
+        out.append(para if any(ln.startswith(" ") for ln in lines) else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    for info in typer_app.registered_commands:
+        if info.callback is not None:
+            info.callback.__doc__ = _reflow(info.callback.__doc__)
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_help(group.typer_instance)
+
+
+_reflow_help(app)
+
+
 def main() -> None:
     """Console entry point.
 

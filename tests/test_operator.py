@@ -121,3 +121,12 @@ def test_help_shows_no_value_hint_for_flags():
         r = runner.invoke(app, args, env={"COLUMNS": "160"})
         assert r.exit_code == 0 and "<bool>" not in r.stdout, args
     assert "--once" not in runner.invoke(app, ["compact", "-h"]).stdout  # a hidden no-op kept for old manifests
+
+
+def test_help_paragraphs_reflow_to_the_terminal():
+    from strata.cli import _reflow
+    assert _reflow("First line\n    goes on.\n\n    Example:\n      strata x\n") == "First line goes on.\n\nExample:\n  strata x"
+    for width in ("60", "80", "100"):
+        r = runner.invoke(app, ["compact", "-h"], env={"COLUMNS": width}, terminal_width=int(width))
+        lines = [ln.strip() for ln in r.stdout.splitlines()]
+        assert "(retry)." not in lines and "unexpected error." not in lines, width
