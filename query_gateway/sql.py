@@ -15,7 +15,6 @@ ranged GETs; each fragment carries its block's time range as a guarantee, so a p
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -34,7 +33,7 @@ from blocks.labels import METRIC_NAME
 from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, validate_tenant
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
-from blocks.reader import BlockListing, load_listing
+from blocks.reader import BlockListing, StoreFile, load_listing
 from blocks.series import series_labels
 from blocks.tiers import FORMAT_VERSION, POW10, STORED_SCHEMA
 from query_gateway.tiers import readable_blocks
@@ -57,35 +56,6 @@ class SqlLimit(LimitExceeded):
 
 
 # ---- object store as a read-only pyarrow file system ---------------------------------------
-
-class _RangeFile(io.RawIOBase):
-    """A seekable object read by ranged GETs (pyarrow coalesces its reads)."""
-
-    def __init__(self, store: ObjectStore, key: str, size: int):
-        self.store, self.key, self.size, self.pos = store, key, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def readinto(self, b) -> int:
-        n = min(len(b), self.size - self.pos)
-        if n <= 0:
-            return 0
-        data = self.store.get_range(self.key, self.pos, n)
-        b[:len(data)] = data
-        self.pos += len(data)
-        return len(data)
-
 
 class StoreFileSystem(pafs.FileSystemHandler):
     """Block files of known size (from meta.json), read-only; records which files were opened."""
@@ -112,7 +82,7 @@ class StoreFileSystem(pafs.FileSystemHandler):
     def open_input_file(self, path: str):
         with self._lock:
             self.opened.add(path)
-        return pa.PythonFile(_RangeFile(self.store, path, self.sizes[path]), mode="r")
+        return pa.PythonFile(StoreFile(self.store, path, self.sizes[path]), mode="r")  # ranged GETs, counted
 
     def open_input_stream(self, path: str):
         return self.open_input_file(path)
