@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 import decimal
 import json
 import math
@@ -66,6 +67,42 @@ def _time_param(values: dict, name: str, default: int) -> int:
 
 def _selector_matchers(text: str) -> list[Matcher]:
     return list(parse_selector(text).matchers)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP endpoint: its metrics/log name, the Handler method serving it, POST only or not."""
+
+    api: str
+    handler: str
+    post_only: bool = False
+    what: str = ""  # how a 405 names it
+
+
+# The route table: adding an endpoint is a row here plus a Handler method.
+ROUTES: dict[str, Route] = {
+    "/-/healthy": Route("healthy", "_healthy"),
+    "/-/ready": Route("ready", "_ready"),
+    "/metrics": Route("metrics", "_metrics"),
+    "/api/v1/read": Route("remote_read", "_remote_read", post_only=True, what="remote read"),
+    "/api/v1/labels": Route("labels", "_labels"),
+    "/api/v1/series": Route("series", "_series"),
+    "/api/v1/sql": Route("sql", "_sql", post_only=True, what="SQL"),
+    "/api/v1/bucket": Route("bucket", "_bucket"),
+    "/": Route("ui", "_ui"),
+    "/index.html": Route("ui", "_ui"),
+}
+LABEL_VALUES = Route("label_values", "_label_values")  # /api/v1/label/<name>/values
+
+
+def find_route(path: str) -> tuple[Route, tuple]:
+    """(route, handler arguments) of a path; HttpError 404 when none serves it."""
+    route = ROUTES.get(path)
+    if route is not None:
+        return route, ()
+    if path.startswith("/api/v1/label/") and path.endswith("/values"):
+        return LABEL_VALUES, (unquote(path[len("/api/v1/label/"):-len("/values")]),)
+    raise HttpError(404, "not_found", f"no such endpoint {path}")
 
 
 class Gateway:
@@ -165,50 +202,14 @@ def _handler(gw: Gateway):
         def _dispatch(self) -> None:
             path = urlparse(self.path).path
             t0 = time.perf_counter()
-            api, status = path, 200
+            api, status = "unknown", 200
             self._tiers: set[str] = set()  # tiers a read request touched (latency by tier)
             try:
-                if path == "/-/healthy":
-                    api = "healthy"
-                    self._send(200, b"Healthy.\n", "text/plain")
-                elif path == "/-/ready":
-                    api = "ready"
-                    ok = gw.ready.is_set()
-                    status = 200 if ok else 503
-                    self._send(status, b"Ready.\n" if ok else b"Not ready.\n", "text/plain")
-                elif path == "/metrics":
-                    api = "metrics"
-                    self._send(200, gw.metrics.exposition(), "text/plain; version=0.0.4")
-                elif path == "/api/v1/read":
-                    api = "remote_read"
-                    if self.command != "POST":
-                        raise HttpError(405, "bad_data", "remote read needs POST")
-                    self._remote_read()
-                elif path == "/api/v1/labels":
-                    api = "labels"
-                    self._labels()
-                elif path.startswith("/api/v1/label/") and path.endswith("/values"):
-                    api = "label_values"
-                    self._label_values(unquote(path[len("/api/v1/label/"):-len("/values")]))
-                elif path == "/api/v1/series":
-                    api = "series"
-                    self._series()
-                elif path == "/api/v1/sql":
-                    api = "sql"
-                    if self.command != "POST":
-                        raise HttpError(405, "bad_data", "SQL needs POST")
-                    self._sql()
-                elif path in ("/", "/index.html"):
-                    api = "ui"
-                    self._send(200, UI_PAGE, "text/html; charset=utf-8",
-                               {"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                                                           "script-src 'self' 'unsafe-inline'"})
-                elif path == "/api/v1/bucket":
-                    api = "bucket"
-                    self._bucket()
-                else:
-                    api = "unknown"
-                    raise HttpError(404, "not_found", f"no such endpoint {path}")
+                route, args = find_route(path)
+                api = route.api
+                if route.post_only and self.command != "POST":
+                    raise HttpError(405, "bad_data", f"{route.what} needs POST")
+                status = getattr(self, route.handler)(*args) or 200
             except HttpError as e:
                 status = e.status
                 self._json(e.status, {"status": "error", "errorType": e.kind, "error": str(e)})
@@ -238,6 +239,26 @@ def _handler(gw: Gateway):
                 self.close_connection = True
 
         do_GET = do_POST = _dispatch_safely
+
+        # ---- small routes --------------------------------------------------------------------
+        def _healthy(self) -> int:
+            self._send(200, b"Healthy.\n", "text/plain")
+            return 200
+
+        def _ready(self) -> int:
+            ok = gw.ready.is_set()
+            self._send(200 if ok else 503, b"Ready.\n" if ok else b"Not ready.\n", "text/plain")
+            return 200 if ok else 503
+
+        def _metrics(self) -> int:
+            self._send(200, gw.metrics.exposition(), "text/plain; version=0.0.4")
+            return 200
+
+        def _ui(self) -> int:
+            self._send(200, UI_PAGE, "text/html; charset=utf-8",
+                       {"Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                                                   "script-src 'self' 'unsafe-inline'"})
+            return 200
 
         # ---- Prometheus HTTP API -------------------------------------------------------------
         def _range(self, values: dict, tenant: str) -> tuple[int, int] | None:
