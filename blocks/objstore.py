@@ -47,6 +47,9 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes:
         """Whole object; raises ObjectNotFound."""
 
+    def local_path(self, key: str) -> "Path | None":
+        """The object as a local file readers may open in place, or None (no request either way)."""
+
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """`length` bytes from `offset` (shorter at the end); raises ObjectNotFound."""
 
@@ -103,6 +106,10 @@ class MemoryStore:
             return self._objects[key]
         except KeyError:
             raise ObjectNotFound(key) from None
+
+    def local_path(self, key: str) -> Path | None:
+        """Capability: objects here are not local files."""
+        return None
 
     def get(self, key: str) -> bytes:
         with self._lock:
@@ -173,6 +180,10 @@ class LocalDirStore:
     def path(self, key: str) -> Path:
         """Local file path of a key (DuckDB and pyarrow may read it directly)."""
         return self.root / _check_key(key)
+
+    def local_path(self, key: str) -> Path | None:
+        """Capability: the file itself, so readers open it in place."""
+        return self.path(key)
 
     def get(self, key: str) -> bytes:
         try:
@@ -336,6 +347,10 @@ class S3Store:
         except Exception as e:
             raise classify_s3_error(action, key, e) from e
 
+    def local_path(self, key: str) -> Path | None:
+        """Capability: objects here are not local files."""
+        return None
+
     def get(self, key: str) -> bytes:
         return self._call("get", key, lambda: self.client.get_object(
             Bucket=self.bucket, Key=self._k(key))["Body"].read())
@@ -430,6 +445,10 @@ class RetryingStore:
                 self._sleep(random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2 ** attempt)))
         raise AssertionError("unreachable")
 
+    def local_path(self, key: str) -> Path | None:
+        """The wrapped store's local file of a key (no request)."""
+        return self.inner.local_path(key)
+
     def get(self, key: str) -> bytes:
         return self._retry(lambda: self.inner.get(key))
 
@@ -484,6 +503,10 @@ class CountingStore:
             self.counts.bytes_read += read
             self.counts.bytes_written += written
 
+    def local_path(self, key: str) -> Path | None:
+        """The wrapped store's local file of a key (no request)."""
+        return self.inner.local_path(key)
+
     def get(self, key: str) -> bytes:
         self._n("get")
         data = self.inner.get(key)
@@ -526,12 +549,6 @@ class CountingStore:
         self._n("stat")
         return self.inner.stat(key)
 
-
-def unwrap(store: ObjectStore) -> ObjectStore:
-    """The innermost store below any wrappers."""
-    while hasattr(store, "inner"):
-        store = store.inner  # type: ignore[attr-defined]
-    return store
 
 
 # ---------------------------------------------------------------------------- factory
@@ -598,17 +615,20 @@ def make_s3_client(cfg: StoreConfig):
     )
 
 
+# Scheme -> backend: a new object store (e.g. gs://) is a class with the ObjectStore methods plus
+# `local_path`, a row here, and its scheme in parse_bucket_url.
+BACKENDS: dict[str, Callable[[StoreConfig, str, str, bool], ObjectStore]] = {
+    "s3": lambda cfg, location, prefix, create: S3Store(location, prefix, make_s3_client(cfg)),
+    "mem": lambda cfg, location, prefix, create: _MEMORY_STORES.setdefault(location, MemoryStore()),
+    "file": lambda cfg, location, prefix, create: LocalDirStore(location, create=create),
+}
+
+
 def open_store(cfg: StoreConfig | str, *, create: bool = True) -> CountingStore:
     """Build the store stack for a config: Counting(Retrying(backend)). With `create=False` a
     local bucket directory must already exist (read-only commands refuse a typo'd path)."""
     if isinstance(cfg, str):
         cfg = StoreConfig(url=cfg)
     scheme, location, prefix = parse_bucket_url(cfg.url)
-    backend: ObjectStore
-    if scheme == "s3":
-        backend = S3Store(location, prefix, make_s3_client(cfg))
-    elif scheme == "mem":
-        backend = _MEMORY_STORES.setdefault(location, MemoryStore())
-    else:
-        backend = LocalDirStore(location, create=create)
+    backend = BACKENDS[scheme](cfg, location, prefix, create)
     return CountingStore(RetryingStore(backend, cfg.retry_max_attempts, cfg.retry_base_delay_s))

@@ -17,7 +17,7 @@ from blocks.layout import (
     block_file_key, meta_key, tenant_prefix, validate_tenant,
 )
 from blocks.meta import BlockMeta, DeletionMark, NoCompactMark
-from blocks.objstore import LocalDirStore, ObjectStore, unwrap
+from blocks.objstore import ObjectStore
 from blocks.ulid import is_ulid
 
 
@@ -53,10 +53,10 @@ class StoreFile(io.RawIOBase):
 
 def open_object(store: ObjectStore, key: str, size: int):
     """A binary file object for a stored object: the local file itself, or ranged reads."""
-    base = unwrap(store)
-    if isinstance(base, LocalDirStore):
+    local = store.local_path(key)
+    if local is not None:
         try:
-            return open(base.path(key), "rb")
+            return open(local, "rb")
         except FileNotFoundError:
             raise ObjectNotFound(key) from None
     return io.BufferedReader(StoreFile(store, key, size), buffer_size=4 << 20)

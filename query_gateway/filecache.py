@@ -19,7 +19,7 @@ from pathlib import Path
 from blocks.errors import BlockCorruptError
 from blocks.layout import block_file_key
 from blocks.meta import BlockMeta
-from blocks.objstore import LocalDirStore, ObjectStore, unwrap
+from blocks.objstore import ObjectStore
 
 CHUNK_BYTES = 8 << 20
 EVICT_GRACE_S = 60.0
@@ -30,8 +30,7 @@ class LocalFiles:
 
     def __init__(self, store: ObjectStore, cache_dir: str | Path | None = None, max_bytes: int = 8 << 30) -> None:
         self.store = store
-        base = unwrap(store)
-        self._local = base if isinstance(base, LocalDirStore) else None
+        self._local = store if store.local_path("probe") is not None else None
         self._dir = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="strata-gateway-cache-"))
         self._max = max_bytes
         self._sizes: OrderedDict[str, int] = OrderedDict()
@@ -48,7 +47,7 @@ class LocalFiles:
         """A local path holding the block file `name`, fetched and verified if needed."""
         key = block_file_key(meta.tenant, meta.ulid, name)
         if self._local is not None:
-            return str(self._local.path(key))
+            return str(self._local.local_path(key))
         local = self._dir / key
         with self._lock:
             if key in self._sizes:
