@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from strata.blocks_cmd import app as blocks_app
 from strata.compact_cmd import compact_cmd
@@ -16,6 +17,22 @@ from strata.gateway_cmd import app as gateway_app
 from strata.sql_cmd import sql_cmd
 
 HELP = {"help_option_names": ["-h", "--help"]}
+
+
+class _RootGroup(TyperGroup):
+    """The root group: before the subcommand parses its flags, the config file's command tables
+    become click's `default_map` (so flags and environment still win)."""
+
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        from blocks.errors import StrataError
+
+        try:
+            _config_defaults(ctx, [*getattr(ctx, "_protected_args", []), *ctx.args])
+        except StrataError as e:
+            typer.echo(f"error: {e}", err=True)
+            ctx.exit(1)
+        return rest
 
 
 def _flags_without_value_hint() -> None:
@@ -38,6 +55,7 @@ _flags_without_value_hint()
 
 app = typer.Typer(
     name="strata",
+    cls=_RootGroup,
     context_settings=HELP,
     help="Strata: the long-term tier for Prometheus metrics (blocks on object storage, "
          "downsampled 5m/1h/1d, retention, store-gateway, remote-write receiver).",
@@ -53,6 +71,64 @@ def _version(value: bool) -> None:
             v = "unknown (not installed)"
         typer.echo(f"strata {v}")
         raise typer.Exit()
+
+
+# Config file tables that hold command defaults: table -> command path.
+CONFIG_TABLES = {"compactor": ("compact",), "gateway": ("gateway", "serve"), "receive": ("receive",),
+                 "retention": ("retention", "plan")}
+
+
+def _config_path(args: list[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return os.environ.get("STRATA_CONFIG")
+
+
+def _config_defaults(ctx, args: list[str]) -> None:
+    """One precedence for every command: flag > environment > config file table > built-in default.
+
+    `[compactor]`, `[gateway]`, `[receive]` and `[retention]` in `--config` give defaults to
+    `strata compact`, `gateway serve`, `receive` and `retention plan/apply`, keyed by option name
+    (`deletion_delay = "48h"` or `deletion-delay`); an unknown key is an error.
+    """
+    import tomllib
+
+    from blocks.errors import InvalidInputError
+
+    path = _config_path(args)
+    if not path or not args:
+        return
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return  # the command's own --config loading reports it
+    default_map: dict = {}
+    for table, cmd_path in CONFIG_TABLES.items():
+        values = doc.get(table)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise InvalidInputError(f"config {path}: [{table}] must be a table")
+        cmd = ctx.command
+        for name in cmd_path:
+            cmd = cmd.get_command(ctx, name)
+        params = {p.name for p in cmd.params}
+        entries = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(entries) - params - {"bucket", "config"})
+        if unknown:
+            raise InvalidInputError(f"config {path}: unknown [{table}] keys {unknown} "
+                                    f"(options of `strata {' '.join(cmd_path)}`)")
+        node = default_map
+        for name in cmd_path[:-1]:
+            node = node.setdefault(name, {})
+        node[cmd_path[-1]] = entries
+        if table == "retention":
+            node["apply"] = entries
+    ctx.default_map = default_map
 
 
 @app.callback()

@@ -130,3 +130,18 @@ def test_help_paragraphs_reflow_to_the_terminal():
         r = runner.invoke(app, ["compact", "-h"], env={"COLUMNS": width}, terminal_width=int(width))
         lines = [ln.strip() for ln in r.stdout.splitlines()]
         assert "(retry)." not in lines and "unexpected error." not in lines, width
+
+
+def test_config_tables_give_command_defaults_flags_win_unknown_keys_refused(tmp_path):
+    b = tmp_path / "b"
+    assert run("retention", "set", "raw=30d", "--bucket", b).exit_code == 0
+    cfg = tmp_path / "strata.toml"
+    cfg.write_text(f'[store]\nurl = "{b}"\n[retention]\ndeletion-delay = "1h"\n[compactor]\ngrace = "2h"\n')
+    r = run("retention", "plan", "--config", cfg, "-o", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["delay_ms"] == 3_600_000  # from the file
+    r = run("retention", "plan", "--config", cfg, "--deletion-delay", "2h", "-o", "json")
+    assert json.loads(r.stdout)["delay_ms"] == 7_200_000  # the flag wins
+    cfg.write_text(f'[store]\nurl = "{b}"\n[gateway]\nhttp_listen = "127.0.0.1:1"\nno_such_option = 3\n')
+    r = run("retention", "plan", "--config", cfg)
+    assert r.exit_code == 1 and "unknown [gateway] keys ['no_such_option']" in r.output
+    assert len(r.output.strip().splitlines()) == 1
