@@ -56,70 +56,70 @@ def exit_code(s: Summary) -> int:
 
 
 def metrics_text(s: Summary, now_ms: int, exit_code: int, push_failed: bool = False) -> str:
-    """The pass's summary as Prometheus text exposition (for the node-exporter textfile collector)."""
-    lines = ["# HELP strata_compact_last_run_timestamp_seconds When the last pass finished.",
-             "# TYPE strata_compact_last_run_timestamp_seconds gauge",
-             f"strata_compact_last_run_timestamp_seconds {now_ms / 1000:.3f}",
-             "# HELP strata_compact_last_exit_code Exit code of the last pass (0 ok, 1 error, 3 halt, 75 retry).",
-             "# TYPE strata_compact_last_exit_code gauge",
-             f"strata_compact_last_exit_code {exit_code}"]
+    """The pass's summary as Prometheus text exposition (for the node-exporter textfile collector
+    and the Pushgateway), written through prometheus_client like the gateway's and receiver's."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    families: list[GaugeMetricFamily] = []
+
+    def gauge(name: str, help_: str, value: float | None = None, label: str | None = None, items=()) -> None:
+        if label is None:
+            families.append(GaugeMetricFamily(name, help_, value=value))
+            return
+        fam = GaugeMetricFamily(name, help_, labels=[label])
+        for key, v in items:
+            fam.add_metric([key], v)
+        families.append(fam)
+
+    gauge("strata_compact_last_run_timestamp_seconds", "When the last pass finished.", now_ms / 1000)
+    gauge("strata_compact_last_exit_code", "Exit code of the last pass (0 ok, 1 error, 3 halt, 75 retry).", exit_code)
     if exit_code == 0:
-        lines += ["# HELP strata_compact_last_success_timestamp_seconds When the last successful pass finished.",
-                  "# TYPE strata_compact_last_success_timestamp_seconds gauge",
-                  f"strata_compact_last_success_timestamp_seconds {now_ms / 1000:.3f}"]
+        gauge("strata_compact_last_success_timestamp_seconds", "When the last successful pass finished.", now_ms / 1000)
     by_res: dict[str, list[int]] = {}
     for b in s.compacted + s.downsampled:
         acc = by_res.setdefault(b["resolution"], [0, 0, 0])
         acc[0] += 1
         acc[1] += b["samples"]
         acc[2] += b["bytes"]
-    lines += ["# HELP strata_compact_blocks_written Blocks written by the last pass.",
-              "# TYPE strata_compact_blocks_written gauge"]
-    lines += [f'strata_compact_blocks_written{{resolution="{r}"}} {v[0]}' for r, v in sorted(by_res.items())]
-    lines += ["# HELP strata_compact_samples_written Raw samples covered by blocks written in the last pass.",
-              "# TYPE strata_compact_samples_written gauge"]
-    lines += [f'strata_compact_samples_written{{resolution="{r}"}} {v[1]}' for r, v in sorted(by_res.items())]
-    lines += ["# HELP strata_compact_bytes_written Bytes of blocks written in the last pass.",
-              "# TYPE strata_compact_bytes_written gauge"]
-    lines += [f'strata_compact_bytes_written{{resolution="{r}"}} {v[2]}' for r, v in sorted(by_res.items())]
-    lines += ["# HELP strata_compact_halted_groups Groups marked no-compact in the last pass.",
-              "# TYPE strata_compact_halted_groups gauge", f"strata_compact_halted_groups {len(s.halted)}",
-              "# HELP strata_compact_no_compact_blocks Blocks carrying a no-compact mark (need an operator).",
-              "# TYPE strata_compact_no_compact_blocks gauge", f"strata_compact_no_compact_blocks {s.no_compact_blocks}",
-              "# HELP strata_compact_errors Unexpected errors in the last pass (the other tenants went on).",
-              "# TYPE strata_compact_errors gauge", f"strata_compact_errors {len(s.errors)}",
-              "# HELP strata_compact_retries Work left for a retry by transient errors in the last pass.",
-              "# TYPE strata_compact_retries gauge", f"strata_compact_retries {len(s.retry)}",
-              "# HELP strata_compact_leased_jobs Jobs skipped because another live run held their lease.",
-              "# TYPE strata_compact_leased_jobs gauge", f"strata_compact_leased_jobs {len(s.leased)}",
-              "# HELP strata_retention_policy_problems Bad entries in the stored retention policy (each holds what it names).",
-              "# TYPE strata_retention_policy_problems gauge", f"strata_retention_policy_problems {len(s.policy_problems)}",
-              "# HELP strata_compact_push_failed 1 if the last pass could not push to the Pushgateway.",
-              "# TYPE strata_compact_push_failed gauge", f"strata_compact_push_failed {int(push_failed)}",
-              "# HELP strata_compact_blocks_deleted Blocks removed in the last pass.",
-              "# TYPE strata_compact_blocks_deleted gauge", f"strata_compact_blocks_deleted {len(s.deleted)}",
-              "# HELP strata_compact_duration_seconds Duration of the last pass by phase.",
-              "# TYPE strata_compact_duration_seconds gauge"]
-    lines += [f'strata_compact_duration_seconds{{phase="{p}"}} {v}' for p, v in sorted(s.seconds.items())]
-    lines += ["# HELP strata_bucket_newest_block_end_seconds End of the newest live block per resolution (downsampling lag = now - this).",
-              "# TYPE strata_bucket_newest_block_end_seconds gauge"]
-    lines += [f'strata_bucket_newest_block_end_seconds{{resolution="{r}"}} {v / 1000:.3f}'
-              for r, v in sorted(s.newest_ms.items())]
-    lines += ["# HELP strata_bucket_blocks Blocks not marked for deletion after the last pass, by resolution.",
-              "# TYPE strata_bucket_blocks gauge"]
-    lines += [f'strata_bucket_blocks{{resolution="{r}"}} {v}' for r, v in sorted(s.live_blocks.items())]
-    lines += ["# HELP strata_bucket_bytes Bytes of the blocks not marked for deletion, by resolution.",
-              "# TYPE strata_bucket_bytes gauge"]
-    lines += [f'strata_bucket_bytes{{resolution="{r}"}} {v}' for r, v in sorted(s.live_bytes.items())]
+    written = sorted(by_res.items())
+    gauge("strata_compact_blocks_written", "Blocks written by the last pass.", label="resolution",
+          items=[(r, v[0]) for r, v in written])
+    gauge("strata_compact_samples_written", "Raw samples covered by blocks written in the last pass.",
+          label="resolution", items=[(r, v[1]) for r, v in written])
+    gauge("strata_compact_bytes_written", "Bytes of blocks written in the last pass.", label="resolution",
+          items=[(r, v[2]) for r, v in written])
+    gauge("strata_compact_halted_groups", "Groups marked no-compact in the last pass.", len(s.halted))
+    gauge("strata_compact_no_compact_blocks", "Blocks carrying a no-compact mark (need an operator).", s.no_compact_blocks)
+    gauge("strata_compact_errors", "Unexpected errors in the last pass (the other tenants went on).", len(s.errors))
+    gauge("strata_compact_retries", "Work left for a retry by transient errors in the last pass.", len(s.retry))
+    gauge("strata_compact_leased_jobs", "Jobs skipped because another live run held their lease.", len(s.leased))
+    gauge("strata_retention_policy_problems", "Bad entries in the stored retention policy (each holds what it names).",
+          len(s.policy_problems))
+    gauge("strata_compact_push_failed", "1 if the last pass could not push to the Pushgateway.", int(push_failed))
+    gauge("strata_compact_blocks_deleted", "Blocks removed in the last pass.", len(s.deleted))
+    gauge("strata_compact_duration_seconds", "Duration of the last pass by phase.", label="phase",
+          items=sorted(s.seconds.items()))
+    gauge("strata_bucket_newest_block_end_seconds",
+          "End of the newest live block per resolution (downsampling lag = now - this).", label="resolution",
+          items=[(r, v / 1000) for r, v in sorted(s.newest_ms.items())])
+    gauge("strata_bucket_blocks", "Blocks not marked for deletion after the last pass, by resolution.",
+          label="resolution", items=sorted(s.live_blocks.items()))
+    gauge("strata_bucket_bytes", "Bytes of the blocks not marked for deletion, by resolution.", label="resolution",
+          items=sorted(s.live_bytes.items()))
     retained = s.retention.get("tenants", {}).values()
-    lines += ["# HELP strata_retention_blocks_waiting Blocks past retention waiting for a coarser tier (safety rule).",
-              "# TYPE strata_retention_blocks_waiting gauge",
-              f"strata_retention_blocks_waiting {sum(len(r['waiting']) for r in retained)}"]
-    lines += ["# HELP strata_objstore_requests Object-store requests of the last pass by kind.",
-              "# TYPE strata_objstore_requests gauge"]
-    lines += [f'strata_objstore_requests{{kind="{k}"}} {v}'
-              for k, v in sorted(s.requests.get("requests", {}).items())]
-    return "\n".join(lines) + "\n"
+    gauge("strata_retention_blocks_waiting", "Blocks past retention waiting for a coarser tier (safety rule).",
+          sum(len(r["waiting"]) for r in retained))
+    gauge("strata_objstore_requests", "Object-store requests of the last pass by kind.", label="kind",
+          items=sorted(s.requests.get("requests", {}).items()))
+
+    class _Pass:
+        def collect(self):
+            return families
+
+    registry = CollectorRegistry()
+    registry.register(_Pass())
+    return generate_latest(registry).decode()
 
 
 def push_metrics(url: str, text: str, shard: str = "") -> bool:
