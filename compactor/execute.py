@@ -99,10 +99,35 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
     """Merge the job's raw blocks into one, commit it, then mark the sources for deletion.
 
     Identical samples are dropped; a conflicting sample from a later block wins. With a replica
-    label, series that differ only in it are deduplicated into one (see compactor.ha).
+    label, series that differ only in it are deduplicated into one (see compactor.ha). Memory is
+    bounded by partitions of output series ranks: sources are spilled per partition to scratch,
+    then each partition is sorted and deduplicated on its own.
     """
     stats = JobStats()
     sources = [metas[u] for u in job.sources]
+    series, types, local_maps = _union_series(store, sources, options.dedup_replica_label)
+    order, rank_of = block_order(series)
+    part_of_rank, n_parts = _partition_plan(sources, local_maps, rank_of, options.partition_rows)
+    stats.partitions = n_parts
+    scratch = Path(tempfile.mkdtemp(prefix=f"strata-compact-{job.min_time}-", dir=options.scratch_dir))
+    try:
+        _spill(store, sources, local_maps, rank_of, part_of_rank, scratch, options, stats)
+        labels_out = {k: v for k, v in sources[0].labels.items() if k != options.dedup_replica_label}
+        spec = BlockSpec(job.tenant, job.min_time, job.max_time, Resolution.RAW,
+                         level=max(m.level for m in sources) + 1,
+                         sources=sorted({s for m in sources for s in m.sources}), parents=list(job.sources),
+                         labels=labels_out)
+        new = write_block(store, spec, [series[i] for i in order], [types[i] for i in order],
+                          _merged(scratch, n_parts, options, stats), now_ms=now_ms, options=options.writer)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for u in job.sources:  # only after the new block is committed
+        mark_for_deletion(store, job.tenant, u, f"compacted into {new.ulid}", now_ms)
+    return new, stats
+
+
+def _union_series(store: ObjectStore, sources: list[BlockMeta], replica_label: str | None):
+    """(label sets of the output, their types, per source (ref -> output id, ref -> replica id))."""
     union: dict[Labels, int] = {}
     by_hash: dict[int, Labels] = {}
     types: list[str] = []
@@ -113,7 +138,7 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
         gid = np.empty(len(labels), dtype=np.int64)
         rep = np.zeros(len(labels), dtype=np.int64)
         for i, (lab, kind) in enumerate(zip(labels, kinds)):
-            out, replica = _drop_label(lab, options.dedup_replica_label)
+            out, replica = _drop_label(lab, replica_label)
             h = series_hash(out)
             if by_hash.setdefault(h, out) != out:
                 raise HashCollisionError(f"series_hash collision {h:#x} in block {m.ulid}", m.ulid)
@@ -125,19 +150,24 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
             gid[i] = union[out]
             rep[i] = replica_ids.setdefault(replica, len(replica_ids))
         local_maps.append((gid, rep))
-    series = list(union)
-    order, rank_of = block_order(series)
-    # Partition boundaries over output ranks from each source's mean rows per series.
-    est = np.zeros(len(series))
+    return list(union), types, local_maps
+
+
+def _partition_plan(sources, local_maps, rank_of: np.ndarray, partition_rows: int) -> tuple[np.ndarray, int]:
+    """Partition of every output rank, from each source's mean rows per series; and their count."""
+    est = np.zeros(len(rank_of))
     for m, (gid, _) in zip(sources, local_maps):
         np.add.at(est, rank_of[gid], m.stats.rows / max(1, m.stats.series))
     before = np.cumsum(est) - est
-    part_of_rank = (before // options.partition_rows).astype(np.int64)
-    n_parts = int(part_of_rank.max()) + 1 if len(series) else 0
-    stats.partitions = n_parts
-    scratch = Path(tempfile.mkdtemp(prefix=f"strata-compact-{job.min_time}-", dir=options.scratch_dir))
+    part_of_rank = (before // partition_rows).astype(np.int64)
+    return part_of_rank, (int(part_of_rank.max()) + 1 if len(rank_of) else 0)
+
+
+def _spill(store: ObjectStore, sources, local_maps, rank_of: np.ndarray, part_of_rank: np.ndarray, scratch: Path,
+           options: ExecOptions, stats: JobStats) -> None:
+    """Every source row into its partition's scratch file (rank, replica, ts, value), in source order."""
+    writers: dict[int, pq.ParquetWriter] = {}
     try:
-        writers: dict[int, pq.ParquetWriter] = {}
         for m, (gid, rep) in zip(sources, local_maps):
             for rg in iter_row_groups(store, m):
                 t = decode_raw(rg)
@@ -162,42 +192,32 @@ def run_compact(store: ObjectStore, job: CompactJob, metas: dict[str, BlockMeta]
                         "replica": pa.array(rep[refs[seg]].astype(np.uint32)),
                         "ts": t.column("ts").take(pa.array(seg)),
                         "value": t.column("value").take(pa.array(seg))}, schema=_PART_SCHEMA))
+    finally:
         for w in writers.values():
             w.close()
 
-        def merged() -> Iterator[pa.Table]:
-            for p in range(n_parts):
-                path = scratch / f"{p:06d}.parquet"
-                if not path.exists():
-                    continue
-                t = pq.read_table(path)
-                path.unlink()
-                r = t.column("rank").to_numpy().astype(np.int64)
-                ts = t.column("ts").to_numpy()
-                v = t.column("value").to_numpy()
-                if options.dedup_replica_label is not None:
-                    rr, rt, rv = dedup_replicas(r, t.column("replica").to_numpy().astype(np.int64), ts, v)
-                    stats.replica_samples_dropped += len(r) - len(rr)
-                    r, ts, v = rr, rt, rv
-                d = sort_dedup(r, ts, v)
-                stats.identical_dropped += d.identical_dropped
-                stats.conflicts_last_wins += d.conflicts_last_wins
-                out = pa.table({"series_ref": pa.array(d.series.astype(np.uint32)), "ts": d.ts, "value": d.values})
-                for off in range(0, out.num_rows, options.writer.row_group_rows):
-                    yield out.slice(off, options.writer.row_group_rows)
 
-        labels_out = {k: v for k, v in sources[0].labels.items() if k != options.dedup_replica_label}
-        spec = BlockSpec(job.tenant, job.min_time, job.max_time, Resolution.RAW,
-                         level=max(m.level for m in sources) + 1,
-                         sources=sorted({s for m in sources for s in m.sources}), parents=list(job.sources),
-                         labels=labels_out)
-        new = write_block(store, spec, [series[i] for i in order], [types[i] for i in order], merged(),
-                          now_ms=now_ms, options=options.writer)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    for u in job.sources:  # only after the new block is committed
-        mark_for_deletion(store, job.tenant, u, f"compacted into {new.ulid}", now_ms)
-    return new, stats
+def _merged(scratch: Path, n_parts: int, options: ExecOptions, stats: JobStats) -> Iterator[pa.Table]:
+    """Each partition sorted and deduplicated (replicas first), as the new block's row groups."""
+    for p in range(n_parts):
+        path = scratch / f"{p:06d}.parquet"
+        if not path.exists():
+            continue
+        t = pq.read_table(path)
+        path.unlink()
+        r = t.column("rank").to_numpy().astype(np.int64)
+        ts = t.column("ts").to_numpy()
+        v = t.column("value").to_numpy()
+        if options.dedup_replica_label is not None:
+            rr, rt, rv = dedup_replicas(r, t.column("replica").to_numpy().astype(np.int64), ts, v)
+            stats.replica_samples_dropped += len(r) - len(rr)
+            r, ts, v = rr, rt, rv
+        d = sort_dedup(r, ts, v)
+        stats.identical_dropped += d.identical_dropped
+        stats.conflicts_last_wins += d.conflicts_last_wins
+        out = pa.table({"series_ref": pa.array(d.series.astype(np.uint32)), "ts": d.ts, "value": d.values})
+        for off in range(0, out.num_rows, options.writer.row_group_rows):
+            yield out.slice(off, options.writer.row_group_rows)
 
 
 def _series_chunks(store: ObjectStore, meta: BlockMeta, target_rows: int) -> Iterator[pa.Table]:
