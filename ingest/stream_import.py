@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +43,7 @@ from blocks.objstore import ObjectStore
 from blocks.reader import load_meta
 from blocks.series import block_order
 from blocks.ulid import new_ulid
+from blocks.units import MIN_MEMORY_BUDGET
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from blocks.dedup import sort_dedup
 from ingest.sources import Source, format_by_name, new_digest, resolve_sources
@@ -53,7 +54,6 @@ from ingest.textformat import infer_type, name_types
 
 DEFAULT_BLOCK_RANGE_MS = 2 * 3600 * 1000
 DEFAULT_MEMORY_BUDGET = 512 << 20
-MIN_MEMORY_BUDGET = 16 << 20
 BYTES_PER_ROW = 96     # phase 2 working set per sample: read back, ranks, sort index, sorted copies
 SPILL_SCHEMA = pa.schema([("gid", pa.int32()), ("ts", pa.int64()), ("value", pa.float64())])
 
@@ -302,30 +302,33 @@ class _Phase1:
             tmp.unlink()
 
 
+def _sorted_batches(ranks: np.ndarray, ts: np.ndarray, vals: np.ndarray, present: np.ndarray,
+                    row_group_rows: int, stats: dict) -> Iterator[pa.RecordBatch]:
+    """One partition sorted and deduplicated, as series_ref/ts/value batches of a row group each."""
+    d = sort_dedup(ranks, ts, vals)
+    stats["dups"] += d.identical_dropped
+    stats["conflicts"] += d.conflicts_last_wins
+    refs = np.searchsorted(present, d.series).astype(np.uint32)
+    for off in range(0, len(refs), row_group_rows):
+        s = slice(off, off + row_group_rows)
+        yield pa.record_batch([pa.array(refs[s]), pa.array(d.ts[s]), pa.array(d.values[s])],
+                              names=["series_ref", "ts", "value"])
+
+
 def _block_batches(spill: Spill, b: int, rank_of: np.ndarray, partition_rows: int,
-                   row_group_rows: int, stats: dict) -> tuple[np.ndarray, Iterable[pa.RecordBatch]]:
+                   row_group_rows: int, stats: dict) -> tuple[np.ndarray, Iterator[pa.RecordBatch]]:
     """(present ranks, batches sorted by (ref, ts)) of one block, `partition_rows` at a time."""
     def ranks_of(p: pa.RecordBatch) -> np.ndarray:
         return rank_of[p.column(0).to_numpy()]
 
-    if spill.rows[b] <= partition_rows:
+    if spill.rows[b] <= partition_rows:  # one partition: read the pieces once
         pieces = list(spill.pieces(b))
         ranks = np.concatenate([ranks_of(p) for p in pieces])
         ts = np.concatenate([p.column(1).to_numpy() for p in pieces])
         vals = np.concatenate([p.column(2).to_numpy() for p in pieces])
         del pieces
-        d = sort_dedup(ranks, ts, vals)
-        present = np.unique(d.series)
-        stats["dups"] += d.identical_dropped
-        stats["conflicts"] += d.conflicts_last_wins
-        refs = np.searchsorted(present, d.series).astype(np.uint32)
-
-        def one():
-            for off in range(0, len(refs), row_group_rows):
-                s = slice(off, off + row_group_rows)
-                yield pa.record_batch([pa.array(refs[s]), pa.array(d.ts[s]), pa.array(d.values[s])],
-                                      names=["series_ref", "ts", "value"])
-        return present, one()
+        present = np.unique(ranks)
+        return present, _sorted_batches(ranks, ts, vals, present, row_group_rows, stats)
 
     counts = np.zeros(len(rank_of), np.int64)
     for p in spill.pieces(b):
@@ -338,7 +341,7 @@ def _block_batches(spill: Spill, b: int, rank_of: np.ndarray, partition_rows: in
         nxt = int(np.searchsorted(cum, start + partition_rows, side="right"))
         bounds.append(min(len(rank_of), max(nxt, bounds[-1] + 1)))
 
-    def parts():
+    def parts() -> Iterator[pa.RecordBatch]:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             rs, tss, vs = [], [], []
             for p in spill.pieces(b):
@@ -348,17 +351,9 @@ def _block_batches(spill: Spill, b: int, rank_of: np.ndarray, partition_rows: in
                     rs.append(r[m])
                     tss.append(p.column(1).to_numpy()[m])
                     vs.append(p.column(2).to_numpy()[m])
-            if not rs:
-                continue
-            d = sort_dedup(np.concatenate(rs), np.concatenate(tss), np.concatenate(vs))
-            del rs, tss, vs
-            stats["dups"] += d.identical_dropped
-            stats["conflicts"] += d.conflicts_last_wins
-            refs = np.searchsorted(present, d.series).astype(np.uint32)
-            for off in range(0, len(refs), row_group_rows):
-                s = slice(off, off + row_group_rows)
-                yield pa.record_batch([pa.array(refs[s]), pa.array(d.ts[s]), pa.array(d.values[s])],
-                                      names=["series_ref", "ts", "value"])
+            if rs:
+                yield from _sorted_batches(np.concatenate(rs), np.concatenate(tss), np.concatenate(vs), present,
+                                           row_group_rows, stats)
     return present, parts()
 
 

@@ -40,6 +40,12 @@ from query_gateway.tiers import readable_blocks
 
 RAW_SCHEMA = pa.schema([("series_ref", pa.uint32()), ("ts", pa.int64()), ("value", pa.float64()),
                         ("value_mantissa", pa.int64()), ("value_scale", pa.int8())])
+BLOCKS_SCHEMA = pa.schema([
+    ("tenant", pa.string()), ("ulid", pa.string()), ("tier", pa.string()), ("min_time_ms", pa.int64()),
+    ("max_time_ms", pa.int64()), ("series", pa.int64()), ("samples", pa.int64()), ("bytes", pa.int64()),
+    ("level", pa.int64()), ("version", pa.int64()), ("sources", pa.int64()), ("parents", pa.list_(pa.string())),
+    ("live", pa.bool_()), ("deletion_marked_ms", pa.int64()), ("deletion_reason", pa.string()),
+    ("no_compact_reason", pa.string()), ("created_at_ms", pa.int64())])
 TIER_VIEWS = {"samples_5m": Resolution.M5, "samples_1h": Resolution.H1, "samples_1d": Resolution.D1}
 _POW10_SQL = "[" + ", ".join(repr(float(x)) for x in POW10) + "]"
 
@@ -146,6 +152,7 @@ class SqlSession:
                  threads: int = 2, memory_limit: str = "1GB", lockdown: bool = True) -> None:
         self.store, self.scopes, self.tenant_column = store, list(scopes), tenant_column
         self.live = [m for s in self.scopes for m in s.live]
+        self._live_by_ulid = {m.ulid: m for m in self.live}
         sizes = {}
         for m in self.live:
             for f in m.files:
@@ -199,8 +206,7 @@ class SqlSession:
             hit = self._refs.get(ulid)
         if hit is not None:
             return hit
-        meta = next(m for m in self.live if m.ulid == ulid)
-        key = block_file_key(meta.tenant, ulid, SERIES_FILE)
+        key = block_file_key(self._live_by_ulid[ulid].tenant, ulid, SERIES_FILE)
         with self.fs.open_input_file(key) as f:
             hashes = pq.read_table(f, columns=["series_hash"]).column(0).to_numpy()
         with self._refs_lock:
@@ -236,36 +242,22 @@ class SqlSession:
             con.execute(f"CREATE VIEW {view} AS {_tier_sql(f'_{view}', int(res), tcol)}")
 
     def _blocks_table(self) -> pa.Table:
-        rows = {k: [] for k in ("tenant", "ulid", "tier", "min_time_ms", "max_time_ms", "series", "samples",
-                                "bytes", "level", "version", "sources", "parents", "live", "deletion_marked_ms",
-                                "deletion_reason", "no_compact_reason", "created_at_ms")}
         live = {m.ulid for m in self.live}
-        for s in self.scopes:
-            for m in sorted(s.listing.metas, key=lambda m: (m.resolution_ms, m.min_time, m.ulid)):
-                dm, nc = s.listing.deletion_marks.get(m.ulid), s.listing.no_compact_marks.get(m.ulid)
-                for k, v in (("tenant", s.tenant), ("ulid", m.ulid), ("tier", m.resolution.label),
-                             ("min_time_ms", m.min_time), ("max_time_ms", m.max_time), ("series", m.stats.series),
-                             ("samples", m.stats.samples), ("bytes", m.stats.bytes), ("level", m.level),
-                             ("version", m.version), ("sources", len(m.sources)), ("parents", list(m.parents)),
-                             ("live", m.ulid in live), ("deletion_marked_ms", dm.deletion_time_ms if dm else None),
-                             ("deletion_reason", dm.reason if dm else None),
-                             ("no_compact_reason", nc.reason if nc else None), ("created_at_ms", m.created_at_ms)):
-                    rows[k].append(v)
-        t = pa.table({k: pa.array(v, pa.list_(pa.string())) if k == "parents" else pa.array(v)
-                      for k, v in rows.items()} if rows["ulid"] else {
-            "tenant": pa.array([], pa.string()), "ulid": pa.array([], pa.string()), "tier": pa.array([], pa.string()),
-            "min_time_ms": pa.array([], pa.int64()), "max_time_ms": pa.array([], pa.int64()),
-            "series": pa.array([], pa.int64()), "samples": pa.array([], pa.int64()), "bytes": pa.array([], pa.int64()),
-            "level": pa.array([], pa.int64()), "version": pa.array([], pa.int64()),
-            "sources": pa.array([], pa.int64()), "parents": pa.array([], pa.list_(pa.string())),
-            "live": pa.array([], pa.bool_()), "deletion_marked_ms": pa.array([], pa.int64()),
-            "deletion_reason": pa.array([], pa.string()), "no_compact_reason": pa.array([], pa.string()),
-            "created_at_ms": pa.array([], pa.int64())})
+        rows = []
+        for sc in self.scopes:
+            for m in sorted(sc.listing.metas, key=lambda m: (m.resolution_ms, m.min_time, m.ulid)):
+                dm, nc = sc.listing.deletion_marks.get(m.ulid), sc.listing.no_compact_marks.get(m.ulid)
+                rows.append({"tenant": sc.tenant, "ulid": m.ulid, "tier": m.resolution.label,
+                             "min_time_ms": m.min_time, "max_time_ms": m.max_time, "series": m.stats.series,
+                             "samples": m.stats.samples, "bytes": m.stats.bytes, "level": m.level,
+                             "version": m.version, "sources": len(m.sources), "parents": list(m.parents),
+                             "live": m.ulid in live, "deletion_marked_ms": dm.deletion_time_ms if dm else None,
+                             "deletion_reason": dm.reason if dm else None,
+                             "no_compact_reason": nc.reason if nc else None, "created_at_ms": m.created_at_ms})
+        t = pa.Table.from_pylist(rows, schema=BLOCKS_SCHEMA)
         t = t.append_column("min_time", _iso_ms(t.column("min_time_ms")))
         t = t.append_column("max_time", _iso_ms(t.column("max_time_ms")))
-        if not self.tenant_column:
-            t = t.drop_columns(["tenant"])
-        return t
+        return t if self.tenant_column else t.drop_columns(["tenant"])
 
     def _build_series(self) -> None:
         """The `series` view: every live block's series.parquet, one row per identity."""
