@@ -37,3 +37,13 @@ def log(logger: str, event: str, level: str = "info", *, tty: bool | None = None
     on_tty = sys.stderr.isatty() if tty is None else tty
     sys.stderr.write((human(rec) if on_tty else json.dumps(rec, default=str)) + "\n")
     sys.stderr.flush()
+
+
+def log_request(logger: str, api: str, status, seconds: float, *, access_log: bool = True,
+                slow_s: float = 5.0, **fields) -> None:
+    """One request's line: `slow_query` at warn when it took `slow_s` or more, else `request`
+    (the access log) when `access_log` is on. Empty fields are left out."""
+    slow = seconds >= slow_s
+    if slow or access_log:
+        log(logger, "slow_query" if slow else "request", "warn" if slow else "info", api=api, status=status,
+            seconds=round(seconds, 4), **{k: v for k, v in fields.items() if v not in (None, [], "")})

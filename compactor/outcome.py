@@ -3,11 +3,10 @@ shard parsing and SIGTERM handling (no typer: the `strata compact` command rende
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import sys
 
+from blocks.log import log
 from blocks.errors import EXIT_ERROR, EXIT_HALT, EXIT_OK, EXIT_RETRY, InvalidInputError
 from compactor.nightly import Summary
 
@@ -138,7 +137,7 @@ def push_metrics(url: str, text: str, shard: str = "") -> bool:
         with urllib.request.urlopen(req, timeout=30) as r:
             r.read()
     except (urllib.error.URLError, OSError, ValueError) as e:
-        sys.stderr.write(json.dumps({"event": "pushgateway_error", "url": target, "error": str(e)}) + "\n")
+        log("compactor", "pushgateway_error", "warn", url=target, error=str(e))
         return False
     return True
 

@@ -20,10 +20,7 @@ Guarantees (tests/test_receive*.py check each):
 from __future__ import annotations
 
 import fcntl
-import json
-import os
 import socket
-import struct
 import threading
 import time
 from collections import Counter
@@ -33,12 +30,11 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import zstandard
 
 from blocks.log import log
 from blocks.errors import InvalidInputError, RetryableError, StrataError
 from blocks.labels import METRIC_NAME
-from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, meta_key, validate_tenant
+from blocks.layout import SAMPLES_FILE, SERIES_FILE, block_file_key, validate_tenant
 from blocks.meta import BlockMeta
 from blocks.objstore import ObjectStore
 from blocks.series import block_order
@@ -46,16 +42,15 @@ from blocks.ulid import new_ulid
 from blocks.writer import BlockSpec, WriterOptions, write_block
 from blocks.dedup import sort_dedup
 from ingest.receive_metrics import ReceiverMetrics
-from ingest.rw_decode import LabelLimits, SeriesTable, decode_labels, decode_request
+from ingest.head import CHUNK_BYTES, SAMPLE_BYTES, SealState, TenantHead
+from ingest.records import R_METADATA, R_SAMPLES, R_SERIES, encode_metadata, encode_samples, encode_series
+from ingest.recovery import replay, resolve_pending
+from ingest.rw_decode import LabelLimits, decode_labels, decode_request
 from ingest.textformat import infer_type, name_types
-from ingest.wal import WAL, frame, fsync_dir, iter_segments, list_segments
+from ingest.wal import WAL, frame, list_segments
 
-R_SERIES, R_SAMPLES, R_METADATA = 1, 2, 3
 STATE_FILE = "state.json"
 LOCK_FILE = "LOCK"
-SAMPLE_BYTES = 20      # head cost per sample: int32 id + int64 ts + float64 value
-CHUNK_BYTES = 400      # one appended request: three numpy arrays and their tuple
-# per-series costs: ingest.rw_decode.SERIES_OVERHEAD (+ the series' key bytes)
 
 
 class NotReady(RetryableError):
@@ -99,144 +94,6 @@ class WriteResult:
     exemplars: int = 0
 
 
-# ---- record payloads -------------------------------------------------------------------------
-
-def _tenant_prefix(tenant: str) -> bytes:
-    b = tenant.encode()
-    return struct.pack("<H", len(b)) + b
-
-
-def _split_tenant(payload: bytes) -> tuple[str, int]:
-    (n,) = struct.unpack_from("<H", payload)
-    return payload[2:2 + n].decode(), 2 + n
-
-
-def encode_series(tenant: str, sids: np.ndarray, keys: list[bytes]) -> bytes:
-    """R_SERIES: which (segment-local) id means which canonical label set."""
-    lens = np.fromiter(map(len, keys), dtype=np.uint32, count=len(keys))
-    return (_tenant_prefix(tenant) + struct.pack("<I", len(keys)) + sids.astype("<u4").tobytes()
-            + lens.astype("<u4").tobytes() + b"".join(keys))
-
-
-def decode_series(payload: bytes) -> tuple[str, np.ndarray, list[bytes]]:
-    """Inverse of encode_series."""
-    tenant, off = _split_tenant(payload)
-    (n,) = struct.unpack_from("<I", payload, off)
-    off += 4
-    sids = np.frombuffer(payload, "<u4", n, off).astype(np.int64)
-    lens = np.frombuffer(payload, "<u4", n, off + 4 * n).astype(np.int64)
-    off += 8 * n
-    ends = off + np.cumsum(lens)
-    starts = ends - lens
-    keys = [payload[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
-    return tenant, sids, keys
-
-
-def encode_samples(tenant: str, sids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> bytes:
-    """R_SAMPLES: zstd(ids u32 | ts i64 | values f64)."""
-    body = sids.astype("<u4").tobytes() + ts.astype("<i8").tobytes() + values.astype("<f8").tobytes()
-    return _tenant_prefix(tenant) + struct.pack("<I", len(sids)) + zstandard.ZstdCompressor(level=1).compress(body)
-
-
-def decode_samples(payload: bytes) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
-    """Inverse of encode_samples."""
-    tenant, off = _split_tenant(payload)
-    (n,) = struct.unpack_from("<I", payload, off)
-    body = zstandard.ZstdDecompressor().decompress(payload[off + 4:], max_output_size=20 * n)
-    if len(body) != 20 * n:
-        raise ValueError("samples record has the wrong length")
-    sids = np.frombuffer(body, "<u4", n, 0).astype(np.int64)
-    ts = np.frombuffer(body, "<i8", n, 4 * n).copy()
-    values = np.frombuffer(body, "<f8", n, 12 * n).copy()
-    return tenant, sids, ts, values
-
-
-def encode_metadata(tenant: str, types: dict[str, str]) -> bytes:
-    """R_METADATA: the tenant's metric family -> type map."""
-    return _tenant_prefix(tenant) + json.dumps(types, sort_keys=True).encode()
-
-
-def decode_metadata(payload: bytes) -> tuple[str, dict[str, str]]:
-    """Inverse of encode_metadata."""
-    tenant, off = _split_tenant(payload)
-    return tenant, json.loads(payload[off:])
-
-
-# ---- seal state ------------------------------------------------------------------------------
-
-class SealState:
-    """state.json: per tenant sealed-until and metric types; blocks being written (pending)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lock = threading.Lock()
-        self.tenants: dict[str, dict] = {}
-        self.pending: dict[str, dict] = {}
-        if path.exists():
-            try:
-                doc = json.loads(path.read_text())
-                self.tenants = {t: {"sealed_until": int(v["sealed_until"]), "types": dict(v.get("types", {}))}
-                                for t, v in doc["tenants"].items()}
-                self.pending = dict(doc.get("pending", {}))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise InvalidInputError(f"{path}: unreadable receiver state ({e}); refusing to guess what is sealed") from None
-
-    def sealed_until(self, tenant: str) -> int:
-        """Samples before this time of `tenant` are in the bucket."""
-        return self.tenants.get(tenant, {}).get("sealed_until", -(1 << 62))
-
-    def save(self) -> None:
-        """Atomically replace state.json (write, fsync, rename, fsync the directory)."""
-        with self.lock:
-            doc = {"version": 1, "tenants": self.tenants, "pending": self.pending}
-            tmp = self.path.with_suffix(".tmp")
-            with open(tmp, "w") as f:
-                json.dump(doc, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
-
-
-# ---- head ------------------------------------------------------------------------------------
-
-class TenantHead:
-    """One tenant's unsealed samples, as appended column chunks."""
-
-    def __init__(self, tenant: str, sealed_until: int, types: dict[str, str]) -> None:
-        self.tenant = tenant
-        self.lock = threading.Lock()        # decode + WAL append + head append; seal snapshots
-        self.seal_lock = threading.Lock()   # one seal at a time
-        self.table = SeriesTable()
-        self.declared = np.full(0, -1, dtype=np.int64)   # sid -> WAL segment it was declared in
-        self.chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.samples = 0
-        self.max_ts = -(1 << 62)
-        self.sealed_until = sealed_until    # in memory: moves when a seal starts
-        self.types = dict(types)            # metric family -> type
-
-    def append(self, sids: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
-        if len(ts):
-            self.chunks.append((sids.astype(np.int32), ts, values))
-            self.samples += len(ts)
-            self.max_ts = max(self.max_ts, int(ts.max()))
-
-    def columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All head samples as one chunk (and keep them that way)."""
-        if len(self.chunks) != 1:
-            if not self.chunks:
-                return np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64)
-            cols = tuple(np.concatenate([c[i] for c in self.chunks]) for i in range(3))
-            self.chunks = [cols]
-        return self.chunks[0]
-
-    def ensure_declared_size(self) -> None:
-        n = len(self.table)
-        if len(self.declared) < n:
-            grow = max(n, 2 * len(self.declared), 1024)
-            self.declared = np.concatenate([self.declared, np.full(grow - len(self.declared), -1, np.int64)])
-
-
 @dataclass
 class SealResult:
     """One sealed block."""
@@ -267,7 +124,7 @@ class Receiver:
         self.heads: dict[str, TenantHead] = {}
         self._heads_lock = threading.Lock()
         self.seg_max: dict[int, dict[str, int]] = {}   # segment -> tenant -> newest sample ts
-        self._seg_lock = threading.Lock()
+        self.seg_lock = threading.Lock()
         self.wal: WAL | None = None
         self.ready = threading.Event()
         self.closing = False
@@ -283,8 +140,8 @@ class Receiver:
     def start(self, *, sealer: bool = True) -> "Receiver":
         """Resolve pending seals, replay the WAL, open a new segment, start sealing."""
         t0 = time.perf_counter()
-        self._resolve_pending()
-        self._replay()
+        resolve_pending(self)
+        replay(self)
         self.wal = WAL(self.dir, segment_bytes=self.cfg.segment_bytes, commit_delay_s=self.cfg.commit_delay_s,
                        on_fsync=self.metrics.fsync.observe)
         self._store_types()
@@ -313,7 +170,7 @@ class Receiver:
         fcntl.flock(self._lockfile, fcntl.LOCK_UN)
         self._lockfile.close()
 
-    def _head(self, tenant: str) -> TenantHead:
+    def head_of(self, tenant: str) -> TenantHead:
         h = self.heads.get(tenant)
         if h is None:
             with self._heads_lock:
@@ -353,7 +210,7 @@ class Receiver:
         return res
 
     def _write(self, tenant: str, raw: bytes) -> WriteResult:
-        h = self._head(tenant)
+        h = self.head_of(tenant)
         now = self.now_ms()
         with h.lock:
             d = decode_request(raw, h.table, self.cfg.label_limits)
@@ -395,7 +252,7 @@ class Receiver:
                         out.append(frame(R_SERIES, encode_series(tenant, new, [h.table.canon[i] for i in new.tolist()])))
                         declared_now.append(new)
                     out.append(frame(R_SAMPLES, encode_samples(tenant, sids, ts, values)))
-                    with self._seg_lock:
+                    with self.seg_lock:
                         m = self.seg_max.setdefault(segment, {})
                         m[tenant] = max(m.get(tenant, -(1 << 62)), int(ts.max()))
                 return out
@@ -467,7 +324,7 @@ class Receiver:
         try:
             meta, dups, conflicts = self._write_block(h.tenant, a, b, snap, uniq, keys, types, ulid, now)
         except BaseException:
-            self._remove_partial(h.tenant, ulid)
+            self.remove_partial(h.tenant, ulid)
             with self.state.lock:
                 self.state.pending.pop(ulid, None)
             self.state.save()
@@ -516,7 +373,7 @@ class Receiver:
                            now_ms=now, options=self.cfg.writer, block_id=ulid)
         return meta, d.identical_dropped, d.conflicts_last_wins
 
-    def _remove_partial(self, tenant: str, ulid: str) -> None:
+    def remove_partial(self, tenant: str, ulid: str) -> None:
         """Delete the files of a block whose meta.json was never committed (best effort)."""
         for name in (SAMPLES_FILE, SERIES_FILE):
             try:
@@ -533,7 +390,7 @@ class Receiver:
         if self.wal is None:
             return
         current = self.wal.segment
-        with self._seg_lock:
+        with self.seg_lock:
             done = {s for s, m in self.seg_max.items()
                     if s < current and all(mx < self.state.sealed_until(t) for t, mx in m.items())}
             for s in done:
@@ -548,74 +405,6 @@ class Receiver:
                 st = self.state.tenants.setdefault(tenant, {"sealed_until": -(1 << 62), "types": {}})
                 st["types"] = dict(h.types)
 
-    # ---- recovery ----------------------------------------------------------------------------
-    def _resolve_pending(self) -> None:
-        if not self.state.pending:
-            return
-        for ulid, p in list(self.state.pending.items()):
-            tenant = p["tenant"]
-            if self.store.exists(meta_key(tenant, ulid)):
-                st = self.state.tenants.setdefault(tenant, {"sealed_until": p["sealed_until"], "types": {}})
-                st["sealed_until"] = max(st["sealed_until"], int(p["sealed_until"]))
-                _log("pending_block_committed", tenant=tenant, ulid=ulid)
-            else:
-                self._remove_partial(tenant, ulid)
-                _log("pending_block_removed", tenant=tenant, ulid=ulid)
-            del self.state.pending[ulid]
-        self.state.save()
-
-    def _replay(self) -> None:
-        rep = Counter()
-        segments = list(iter_segments(self.dir))
-        for idx, (number, path, scan) in enumerate(segments):
-            maps: dict[str, np.ndarray] = {}
-            for rtype, payload in scan:
-                try:
-                    self._replay_record(number, rtype, payload, maps, rep)
-                except (ValueError, KeyError, IndexError, struct.error, zstandard.ZstdError, UnicodeDecodeError) as e:
-                    rep["bad_records"] += 1
-                    self.metrics.wal_corruptions.labels("bad_record").inc()
-                    _log("wal_bad_record", segment=path.name, error=str(e))
-            if scan.error:
-                last = idx == len(segments) - 1
-                rep["torn_records" if last else "corrupt_segments"] += 1
-                self.metrics.wal_corruptions.labels("torn_tail" if last else "corrupt").inc()
-                _log("wal_truncated", segment=path.name, error=scan.error, dropped_bytes=scan.size - scan.valid_bytes)
-                os.truncate(path, scan.valid_bytes)
-        self.replay_report = {"segments": len(segments), **rep}
-        _log("replayed", **self.replay_report)
-
-    def _replay_record(self, segment: int, rtype: int, payload: bytes, maps: dict, rep: Counter) -> None:
-        if rtype == R_METADATA:
-            tenant, types = decode_metadata(payload)
-            self._head(tenant).types.update(types)
-        elif rtype == R_SERIES:
-            tenant, wal_sids, keys = decode_series(payload)
-            h = self._head(tenant)
-            m = maps.get(tenant, np.full(0, -1, np.int64))
-            if len(wal_sids) and wal_sids.max() >= len(m):
-                m = np.concatenate([m, np.full(int(wal_sids.max()) + 1 - len(m), -1, np.int64)])
-            for w, key in zip(wal_sids.tolist(), keys):
-                sid = h.table.intern_canon(key)
-                h.table.add_wire(key, sid)
-                m[w] = sid
-            maps[tenant] = m
-        elif rtype == R_SAMPLES:
-            tenant, wal_sids, ts, values = decode_samples(payload)
-            h = self._head(tenant)
-            m = maps.get(tenant)
-            if m is None or (len(wal_sids) and (wal_sids.max() >= len(m) or (m[wal_sids] < 0).any())):
-                raise ValueError("samples record references undeclared series")
-            if len(ts):
-                with self._seg_lock:
-                    sm = self.seg_max.setdefault(segment, {})
-                    sm[tenant] = max(sm.get(tenant, -(1 << 62)), int(ts.max()))
-            keep = ts >= h.sealed_until
-            rep["samples"] += int(keep.sum())
-            rep["samples_already_sealed"] += int((~keep).sum())
-            h.append(m[wal_sids[keep]], ts[keep], values[keep])
-        else:
-            raise ValueError(f"unknown record type {rtype}")
 
 
 def _log(event: str, level: str = "info", **fields) -> None:

@@ -15,10 +15,11 @@ import grpc
 
 from blocks.errors import InvalidInputError, StrataError, grpc_code_for
 from blocks.auth import TenantAuth
+from blocks.log import log_request
 from query_gateway.convert import AGGR_BY_ENUM, AGGR_COLUMNS, series_chunks
 from query_gateway.engine import Engine, parse_matchers
 from query_gateway.memory import release as release_memory
-from query_gateway.metrics import GatewayMetrics, log_event
+from query_gateway.metrics import GatewayMetrics
 from query_gateway.pb import thanos_info_pb2, thanos_info_pb2_grpc, thanos_store_pb2, thanos_store_types_pb2
 from query_gateway.wire import batch_response, labels_bytes, series_response, warning_response
 
@@ -67,12 +68,9 @@ class _Base:
             self._log(api, code, time.perf_counter() - t0, context)
 
     def _log(self, api: str, code: str, seconds: float, context) -> None:
-        slow = seconds >= self.slow_query_s
-        if slow or self.access_log:
-            md = _meta(context)
-            log_event("slow_query" if slow else "request", level="warn" if slow else "info", api=api, status=code,
-                      seconds=round(seconds, 4), tenant=md.get("x-scope-orgid") or md.get("thanos-tenant"),
-                      client=context.peer())
+        md = _meta(context)
+        log_request("gateway", api, code, seconds, access_log=self.access_log, slow_s=self.slow_query_s,
+                    tenant=md.get("x-scope-orgid") or md.get("thanos-tenant"), client=context.peer())
 
     def _stream(self, api: str, context, fn: Callable[[str], Iterator[bytes]]) -> Iterator[bytes]:
         t0 = time.perf_counter()

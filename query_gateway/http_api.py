@@ -9,7 +9,6 @@ import json
 import math
 import select
 import socket
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from google.protobuf.message import DecodeError
 
+from blocks.log import log_request
 from blocks.units import parse_time_ms
 from blocks.errors import InvalidInputError, StrataError, classify, http_status_for
 from blocks.selectors import parse_selector
@@ -216,11 +216,11 @@ def _handler(gw: Gateway):
             except StrataError as e:  # the error table decides status and errorType
                 status = http_status_for(e)
                 if status >= 500:
-                    sys.stderr.write(json.dumps({"event": "http_error", "api": api, "error": repr(e)}) + "\n")
+                    log_event("http_error", level="error", api=api, error=repr(e))
                 self._json(status, {"status": "error", "errorType": classify(e).error_type, "error": str(e)})
             except Exception as e:  # a bug or a storage failure: 500/503, logged, never a dropped connection
                 status = http_status_for(e)
-                sys.stderr.write(json.dumps({"event": "http_error", "api": api, "error": repr(e)}) + "\n")
+                log_event("http_error", level="error", api=api, error=repr(e))
                 self._json(status, {"status": "error", "errorType": "internal", "error": str(e)})
             finally:
                 gw.metrics.observe(api, str(status), time.perf_counter() - t0)
@@ -489,11 +489,8 @@ QUIET_APIS = ("metrics", "healthy", "ready", "ui")
 
 def request_log(gw, api: str, status, seconds: float, **fields) -> None:
     """The access log (API requests, not scrapes or probes) and the slow-query log (warn)."""
-    slow = seconds >= gw.slow_query_s
-    if not slow and (not gw.access_log or api in QUIET_APIS):
-        return
-    log_event("slow_query" if slow else "request", level="warn" if slow else "info", api=api, status=status,
-              seconds=round(seconds, 4), **{k: v for k, v in fields.items() if v not in (None, [], "")})
+    log_request("gateway", api, status, seconds, access_log=gw.access_log and api not in QUIET_APIS,
+                slow_s=gw.slow_query_s, **fields)
 
 
 def _json_value(v):

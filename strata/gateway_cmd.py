@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from strata.common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from blocks.log import log
 from blocks.errors import InvalidInputError
 from blocks.units import parse_bytes
 from blocks.objstore import open_store
@@ -90,8 +90,7 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     http_server, http_port = serve_http(gw, http_listen)
     store.list("_strata/index/")  # the bucket answers: ready
     gw.ready.set()
-    sys.stderr.write(f'{{"event": "ready", "grpc_port": {grpc_port}, "http_port": {http_port}}}\n')
-    sys.stderr.flush()
+    log("gateway", "ready", grpc_port=grpc_port, http_port=http_port)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,9 +10,10 @@ from typing import Annotated, Optional
 import typer
 
 from strata.common import BucketOpt, ConfigOpt, cli_errors, load_store_config, parse_duration_ms
+from blocks.log import log
 from blocks.objstore import open_store
 from blocks.units import parse_block_range_ms, parse_bytes
-from ingest.receive_http import serve_http
+from ingest.receive_http import ServerOptions, serve_http
 from ingest.receiver import Receiver, ReceiverConfig
 from ingest.rw_decode import LabelLimits
 from blocks.auth import TenantAuth
@@ -37,7 +36,9 @@ def receive_cmd(wal_dir: Annotated[Path, typer.Option(help="WAL segments and sta
                 seal_interval: Annotated[str, typer.Option(help="How often the sealer looks for ranges to seal.")] = "15s",
                 max_label_names: Annotated[int, typer.Option(help="Labels per series (400 above).")] = 30,
                 max_label_name_length: Annotated[int, typer.Option(help="Bytes per label name (400 above).")] = 1024,
-                max_label_value_length: Annotated[int, typer.Option(help="Bytes per label value (400 above).")] = 2048) -> None:
+                max_label_value_length: Annotated[int, typer.Option(help="Bytes per label value (400 above).")] = 2048,
+                access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="One JSON line per write or flush (not /metrics or probes).")] = True,
+                slow_request: Annotated[str, typer.Option(help="Requests slower than this are logged at warn level as slow_query, access log or not.")] = "5s") -> None:
     """Receive Prometheus remote-write into a WAL and head; seal raw blocks into the bucket.
 
     Serves until SIGTERM/SIGINT, then stops taking writes, finishes the ones in flight, fsyncs
@@ -57,19 +58,17 @@ def receive_cmd(wal_dir: Annotated[Path, typer.Option(help="WAL segments and sta
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     rx = Receiver(store, cfg)
-    server, port = serve_http(rx, auth, listen)  # /-/healthy answers while the WAL replays
+    server, port = serve_http(rx, auth, listen, ServerOptions(access_log, parse_duration_ms(slow_request) / 1000))  # /-/healthy answers while the WAL replays
     try:
         rx.start()
-        sys.stderr.write(json.dumps({"event": "ready", "http_port": port, "replay": rx.replay_report}) + "\n")
-        sys.stderr.flush()
+        log("receiver", "ready", http_port=port, replay=rx.replay_report)
         stop.wait()
-        sys.stderr.write('{"event": "shutting_down"}\n')
-        sys.stderr.flush()
+        log("receiver", "shutting_down")
     finally:
         rx.close()
         server.shutdown()
         server.server_close()
-    sys.stderr.write('{"event": "stopped"}\n')
+    log("receiver", "stopped")
 
 
 def _dur0(text: str) -> int:

@@ -1,5 +1,5 @@
 """Operator experience: --version/-h, rule ls, consistent plan words, logs with time/level/logger,
-the gateway's access and slow-query logs, and nonsense refused with one line."""
+the gateway's and receiver's access and slow-query logs, and nonsense refused with one line."""
 
 from __future__ import annotations
 
@@ -114,6 +114,38 @@ def test_gateway_access_and_slow_query_logs(tmp_path, capfd):
     events = [(d["event"], d["api"], d["level"]) for d in logs if d.get("logger") == "gateway"]
     assert events == [("request", "labels", "info"), ("slow_query", "labels", "warn")]
     assert logs[0]["status"] == 200 and logs[0]["client"] == "127.0.0.1" and "seconds" in logs[0]
+
+
+def test_receiver_access_and_slow_request_logs(tmp_path, capfd):
+    from blocks.objstore import LocalDirStore
+    from ingest.receive_http import ServerOptions, serve_http
+    from ingest.receiver import Receiver, ReceiverConfig
+    from rw import get, post, snappy, write_request
+
+    now = 1_800_000_000_000
+    rx = Receiver(LocalDirStore(tmp_path / "b"), ReceiverConfig(wal_dir=tmp_path / "wal"), now_ms=lambda: now)
+    opts = ServerOptions()
+    server, port = serve_http(rx, TenantAuth("t"), "127.0.0.1:0", opts)
+    rx.start(sealer=False)
+    try:
+        capfd.readouterr()
+        ok = post(port, snappy(write_request([({"__name__": "up", "job": "a"}, [(now, 1.0), (now + 1000, 1.0)])])))
+        old = post(port, snappy(write_request([({"__name__": "up", "job": "a"}, [(now - 86_400_000 * 2, 1.0)])])))
+        get(port, "/metrics"), get(port, "/-/ready")
+        opts.access_log, opts.slow_request_s = False, 0.0
+        get(port, "/-/healthy")
+        time.sleep(0.1)
+        logs = [json.loads(ln) for ln in capfd.readouterr().err.splitlines() if ln.startswith("{")]
+    finally:
+        rx.close()
+        server.shutdown()
+        server.server_close()
+    assert ok[0] == 204 and old[0] == 400
+    lines = [d for d in logs if d.get("logger") == "receiver" and d["event"] in ("request", "slow_query")]
+    assert [(d["event"], d["api"], d["status"], d["level"]) for d in lines] == [
+        ("request", "write", 204, "info"), ("request", "write", 400, "info"), ("slow_query", "healthy", 200, "warn")]
+    assert lines[0]["tenant"] == "t" and lines[0]["samples"] == 2 and lines[0]["client"] == "127.0.0.1"
+    assert lines[1]["rejected"] == 1 and lines[1]["method"] == "POST" and lines[1]["path"] == "/api/v1/write"
 
 
 def test_help_shows_no_value_hint_for_flags():

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from ingest.receiver import decode_samples, decode_series, encode_samples, encode_series
+from ingest.records import decode_samples, decode_series, encode_samples, encode_series
 from ingest.wal import WAL, frame, list_segments, read_segment
 
 
