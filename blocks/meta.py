@@ -143,45 +143,41 @@ class BlockMeta:
             raise BlockCorruptError(f"invalid meta.json of block {block_id}: {e}", block_id) from None
 
 
+class _MarkFile:
+    """JSON (de)serialisation shared by the mark files."""
+
+    FILE = ""
+
+    def to_json(self) -> bytes:
+        """JSON bytes of the mark."""
+        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, data: bytes):
+        """Parse a mark; raises BlockCorruptError."""
+        try:
+            return cls(**json.loads(data))
+        except (ValueError, TypeError) as e:
+            raise BlockCorruptError(f"invalid {cls.FILE}: {e}") from None
+
+
 @dataclass(frozen=True)
-class DeletionMark:
+class DeletionMark(_MarkFile):
     """deletion-mark.json: the block goes after `deletion_time_ms` + the configured delay."""
 
+    FILE = "deletion-mark.json"
     block_id: str
     deletion_time_ms: int
     reason: str
     version: int = MARK_VERSION
 
-    def to_json(self) -> bytes:
-        """JSON bytes of the mark."""
-        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "DeletionMark":
-        """Parse a deletion mark; raises BlockCorruptError."""
-        try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError) as e:
-            raise BlockCorruptError(f"invalid deletion-mark.json: {e}") from None
-
 
 @dataclass(frozen=True)
-class NoCompactMark:
+class NoCompactMark(_MarkFile):
     """no-compact-mark.json: the compactor leaves this block alone, for `reason`."""
 
+    FILE = "no-compact-mark.json"
     block_id: str
     no_compact_time_ms: int
     reason: str
     version: int = MARK_VERSION
-
-    def to_json(self) -> bytes:
-        """JSON bytes of the mark."""
-        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
-
-    @classmethod
-    def from_json(cls, data: bytes) -> "NoCompactMark":
-        """Parse a no-compact mark; raises BlockCorruptError."""
-        try:
-            return cls(**json.loads(data))
-        except (ValueError, TypeError) as e:
-            raise BlockCorruptError(f"invalid no-compact-mark.json: {e}") from None

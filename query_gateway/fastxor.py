@@ -55,6 +55,40 @@ def _ctz64(x):
     return n
 
 
+@_jit(inline=True)
+def _put(out, p, acc, nacc, w, width):
+    """Append the low `width` (<= 32) bits of w to the pending bits; write out whole bytes.
+    Returns (p, acc, nacc)."""
+    acc = (acc << np.uint64(width)) | w
+    nacc += width
+    while nacc >= 8:
+        nacc -= 8
+        out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
+        p += 1
+    acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
+    return p, acc, nacc
+
+
+@_jit(inline=True)
+def _put64(out, p, acc, nacc, w):
+    """All 64 bits of w, in two 32-bit writes."""
+    p, acc, nacc = _put(out, p, acc, nacc, w >> np.uint64(32), 32)
+    return _put(out, p, acc, nacc, w & np.uint64(0xFFFFFFFF), 32)
+
+
+@_jit(inline=True)
+def _put_uvarint(out, p, acc, nacc, z):
+    """z as an unsigned varint (7 bits a byte, low first)."""
+    while True:
+        b = z & np.uint64(0x7F)
+        z >>= np.uint64(7)
+        if z != 0:
+            b |= np.uint64(0x80)
+        p, acc, nacc = _put(out, p, acc, nacc, b, 8)
+        if z == 0:
+            return p, acc, nacc
+
+
 @_jit
 def _encode_chunk(ts, bits, lo, hi, out, pos):
     """One XOR chunk of samples [lo, hi) into out[pos:]; returns the end position."""
@@ -64,7 +98,7 @@ def _encode_chunk(ts, bits, lo, hi, out, pos):
     p = pos + 2
     acc = np.uint64(0)   # pending bits, right-aligned
     nacc = 0             # how many
-    last_whole = False
+    last_whole = False   # did the last write end on a byte boundary
     t_prev = np.int64(0)
     t_delta = np.int64(0)
     v_prev = np.uint64(0)
@@ -74,56 +108,17 @@ def _encode_chunk(ts, bits, lo, hi, out, pos):
         t = ts[i]
         v = bits[i]
         k = i - lo
-        # Collect this sample's fields as (value, width) pairs, then write them MSB first.
-        if k == 0:
-            z = (np.uint64(t) << np.uint64(1)) ^ np.uint64(t >> 63)  # zig-zag
-            while True:
-                b = z & np.uint64(0x7F)
-                z >>= np.uint64(7)
-                if z != 0:
-                    b |= np.uint64(0x80)
-                # write 8 bits
-                acc = (acc << np.uint64(8)) | b
-                nacc += 8
-                while nacc >= 8:
-                    nacc -= 8
-                    out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                    p += 1
-                acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
-                last_whole = True
-                if z == 0:
-                    break
-            for part in range(2):  # 64 raw value bits, in two 32-bit writes
-                w = (v >> np.uint64(32)) if part == 0 else (v & np.uint64(0xFFFFFFFF))
-                acc = (acc << np.uint64(32)) | w
-                nacc += 32
-                while nacc >= 8:
-                    nacc -= 8
-                    out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                    p += 1
-                acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
+        if k == 0:  # the first timestamp as a zig-zag varint, the first value as 64 raw bits
+            p, acc, nacc = _put_uvarint(out, p, acc, nacc, (np.uint64(t) << np.uint64(1)) ^ np.uint64(t >> 63))
+            p, acc, nacc = _put64(out, p, acc, nacc, v)
             last_whole = True
             t_prev = t
             v_prev = v
             continue
-        if k == 1:
-            z = np.uint64(t - t_prev)
+        if k == 1:  # the first delta as an unsigned varint
             t_delta = t - t_prev
-            while True:
-                b = z & np.uint64(0x7F)
-                z >>= np.uint64(7)
-                if z != 0:
-                    b |= np.uint64(0x80)
-                acc = (acc << np.uint64(8)) | b
-                nacc += 8
-                while nacc >= 8:
-                    nacc -= 8
-                    out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                    p += 1
-                acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
-                last_whole = True
-                if z == 0:
-                    break
+            p, acc, nacc = _put_uvarint(out, p, acc, nacc, np.uint64(t_delta))
+            last_whole = True
         else:
             d = t - t_prev
             dod = d - t_delta
@@ -138,33 +133,17 @@ def _encode_chunk(ts, bits, lo, hi, out, pos):
                 fv, fw = (np.uint64(0b1110) << np.uint64(20)) | (np.uint64(dod) & np.uint64(0xFFFFF)), 24
             else:
                 fv, fw = np.uint64(0b1111), 4
-            acc = (acc << np.uint64(fw)) | fv
-            nacc += fw
-            while nacc >= 8:
-                nacc -= 8
-                out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                p += 1
-            acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
+            p, acc, nacc = _put(out, p, acc, nacc, fv, fw)
             last_whole = fw % 8 == 0
-            if fw == 4:  # the 64-bit delta-of-delta, in two writes
-                ud = np.uint64(dod)
-                for part in range(2):
-                    w = (ud >> np.uint64(32)) if part == 0 else (ud & np.uint64(0xFFFFFFFF))
-                    acc = (acc << np.uint64(32)) | w
-                    nacc += 32
-                    while nacc >= 8:
-                        nacc -= 8
-                        out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                        p += 1
-                    acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
+            if fw == 4:  # the 64-bit delta-of-delta
+                p, acc, nacc = _put64(out, p, acc, nacc, np.uint64(dod))
                 last_whole = True
         t_prev = t
         # ---- the value
         delta = v ^ v_prev
         v_prev = v
         if delta == 0:
-            acc = acc << np.uint64(1)
-            nacc += 1
+            p, acc, nacc = _put(out, p, acc, nacc, np.uint64(0), 1)
             last_whole = False
         else:
             new_lead = _clz64(delta)
@@ -182,25 +161,13 @@ def _encode_chunk(ts, bits, lo, hi, out, pos):
                     np.uint64(sig & 63)
                 hw = 13
                 payload = delta >> np.uint64(new_trail)
-            acc = (acc << np.uint64(hw)) | head
-            nacc += hw
-            while nacc >= 8:
-                nacc -= 8
-                out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                p += 1
-            acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
+            p, acc, nacc = _put(out, p, acc, nacc, head, hw)
             # payload: sig bits (1..64), written in up to two parts of <= 32 bits
             rem = sig
             while rem > 0:
                 w = 32 if rem > 32 else rem
                 part = (payload >> np.uint64(rem - w)) & ((np.uint64(1) << np.uint64(w)) - np.uint64(1))
-                acc = (acc << np.uint64(w)) | part
-                nacc += w
-                while nacc >= 8:
-                    nacc -= 8
-                    out[p] = (acc >> np.uint64(nacc)) & np.uint64(0xFF)
-                    p += 1
-                acc &= (np.uint64(1) << np.uint64(nacc)) - np.uint64(1)
+                p, acc, nacc = _put(out, p, acc, nacc, part, w)
                 rem -= w
             last_whole = sig % 8 == 0
     if nacc > 0:
