@@ -207,7 +207,8 @@ class Windows:
 def increase(w: Windows) -> np.ndarray:
     """last - first + reset_sum: exact in mantissas for decimal rows, float64 otherwise."""
     dec = w.scale >= 0
-    out = (w.floats["last"] - w.floats["first"]) + w.floats["reset_sum"]
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as PromQL's increase() gives
+        out = (w.floats["last"] - w.floats["first"]) + w.floats["reset_sum"]
     if dec.any():
         m = w.ints["last"] - w.ints["first"] + w.ints["reset_sum"]
         out = np.where(dec, mantissa_floats(m, w.scale), out)
