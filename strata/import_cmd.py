@@ -16,6 +16,7 @@ from strata.common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
     is_tty, parse_time_ms, render,
 )
+from blocks.log import record
 from blocks.errors import InvalidInputError
 from blocks.layout import validate_tenant
 from blocks.objstore import make_s3_client, open_store
@@ -90,11 +91,10 @@ class _Progress:
         if now - self.last < self.every_s:
             return
         self.last = now
-        out = {"event": "import_progress", "ts": round(time.time(), 3), **ev,
-               "elapsed_s": round(elapsed, 3), "samples_per_s": round(rate)}
+        out = {**ev, "elapsed_s": round(elapsed, 3), "samples_per_s": round(rate)}
         if ev["phase"] == "read" and ev["bytes_read"]:
             out["eta_s"] = round(elapsed * (ev["total_bytes"] - ev["bytes_read"]) / ev["bytes_read"], 1)
-        typer.echo(json.dumps(out), err=True)
+        typer.echo(json.dumps(record("import", "import_progress", **out)), err=True)
 
     def close(self) -> None:
         if self.bar is not None and self.task is not None:
