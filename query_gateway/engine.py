@@ -467,39 +467,75 @@ class SeriesStream:
                         cache.put((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
                     got[(si, bi, ref)] = value
             self.engine._check_samples(self.samples_read)
-        bounds = [(max(seg.start, self.min_time), min(seg.end, self.max_time + 1)) for seg in segs]
-        for lab in batch:
-            per_seg: dict[int, tuple[list, list]] = {}
-            chunk_seg: dict[int, list] = {}
+        yield from self._assembled(batch, got, chunked)
+
+    def _assembled(self, batch: list[Labels], got: dict, chunked: dict) -> Iterator[SeriesData]:
+        """The batch's series from their per-(block, series) replays: gathered, given the range
+        starts' spare samples, cut to the query range and (overlapping blocks) merged for all
+        series of a segment at once, with a few numpy calls per segment instead of per block and
+        series. Same samples as merging each series' pieces on its own (`_merge_parts`)."""
+        segs = self.plan.segments
+        grid = self.grid
+        main = [_Gather() for _ in segs]
+        spare = [_Gather() for _ in segs]
+        chunk_parts: dict[tuple[int, int], list] = {}
+        for li, lab in enumerate(batch):
             for si, bi, r in self._entries[lab]:
-                if (si, bi, r) in chunked:
-                    chunk_seg.setdefault(si, []).append(chunked[(si, bi, r)])
+                key = (si, bi, r)
+                c = chunked.get(key)
+                if c is not None:
+                    chunk_parts.setdefault((li, si), []).append(c)
                     continue
-                hit = got.get((si, bi, r))
+                hit = got.get(key)
                 if hit is None:
                     continue
-                rts, rv = hit[0], hit[1]
-                meta = segs[si].blocks[bi]
-                if len(hit) > 2 and len(hit[2]) and self.grid is not None:
-                    rts, rv = _with_range_starts(rts, rv, hit[2], hit[3], meta.resolution_ms, *self.grid)
-                lo, hi = bounds[si]
-                if meta.min_time < lo or meta.max_time > hi:  # a block the query range cuts
-                    a, b = np.searchsorted(rts, [lo, hi])
-                    rts, rv = rts[a:b], rv[a:b]
-                acc = per_seg.setdefault(si, ([], []))
-                acc[0].append(rts)
-                acc[1].append(rv)
+                main[si].add(hit[0], hit[1], li, bi)
+                if grid is not None and len(hit) > 2 and len(hit[2]):
+                    spare[si].add(hit[2], hit[3], li, bi)
+        cuts: list[np.ndarray | None] = []
+        arrays: list[tuple[np.ndarray, np.ndarray] | None] = []
+        for si, seg in enumerate(segs):
+            if not main[si].ts:
+                cuts.append(None)
+                arrays.append(None)
+                continue
+            lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
+            ts, v, own, blk = main[si].arrays(lo, hi)
+            sts, sv, sown, sblk = spare[si].arrays(lo, hi)
+            if len(sts):  # spares of the windows where a query range starts
+                res = seg.blocks[0].resolution_ms
+                w = sts - sts % res
+                k = -((grid[0] - w) // grid[1])  # ceil((w - start) / step)
+                take = grid[0] + k * grid[1] < w + res
+                sts, sv, sown, sblk = sts[take], sv[take], sown[take], sblk[take]
+            overlap = any(b.min_time < a.max_time for a, b in zip(seg.blocks, seg.blocks[1:]))
+            if overlap:  # sort by (series, ts, block, main before spare); the first per ts wins
+                ts, v, own = np.r_[ts, sts], np.r_[v, sv], np.r_[own, sown]
+                is_spare = np.r_[np.zeros(len(blk), np.int8), np.ones(len(sblk), np.int8)]
+                order = np.lexsort((is_spare, np.r_[blk, sblk], ts, own))
+                ts, v, own = ts[order], v[order], own[order]
+                keep = np.r_[True, (ts[1:] != ts[:-1]) | (own[1:] != own[:-1])]
+                ts, v, own = ts[keep], v[keep], own[keep]
+            elif len(sts):  # both sorted by (series, ts): insert the spares
+                base = min(int(ts.min()), int(sts.min()))
+                span = max(int(ts.max()), int(sts.max())) - base + 1
+                at = np.searchsorted(own * span + (ts - base), sown * span + (sts - base), side="right")
+                ts, v, own = np.insert(ts, at, sts), np.insert(v, at, sv), np.insert(own, at, sown)
+            cuts.append(np.searchsorted(own, np.arange(len(batch) + 1)))
+            arrays.append((ts, v))
+        for li, lab in enumerate(batch):
             out = SeriesData(lab, self._types[lab])
-            for si in sorted(set(per_seg) | set(chunk_seg)):
-                if si in chunk_seg:
-                    part = self._chunk_part(si, chunk_seg[si])
+            for si in range(len(segs)):
+                if (li, si) in chunk_parts:
+                    part = self._chunk_part(si, chunk_parts[(li, si)])
                     if len(part.chunks[2]):
                         out.parts.append(part)
                     continue
-                ts_list, v_list = per_seg[si]
-                pieces = [Part(Resolution.RAW, {"ts": t, "value": v}) for t, v in zip(ts_list, v_list) if len(t)]
-                if pieces:
-                    out.parts.append(_merge_parts(pieces))
+                c = cuts[si]
+                if c is not None and c[li + 1] > c[li]:
+                    ts, v = arrays[si]
+                    a, b = int(c[li]), int(c[li + 1])
+                    out.parts.append(Part(Resolution.RAW, {"ts": ts[a:b], "value": v[a:b]}))
             if out.parts:
                 yield out
 
@@ -565,6 +601,39 @@ class SeriesStream:
                     out.parts.append(_merge_parts(pieces[si]))
             if out.parts:
                 yield out
+
+
+class _Gather:
+    """Sample runs of many (series, block) pairs, in order, concatenated in one go."""
+
+    __slots__ = ("ts", "v", "own", "blk")
+
+    def __init__(self) -> None:
+        self.ts: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.own: list[int] = []
+        self.blk: list[int] = []
+
+    def add(self, ts: np.ndarray, v: np.ndarray, owner: int, block: int) -> None:
+        self.ts.append(ts)
+        self.v.append(v)
+        self.own.append(owner)
+        self.blk.append(block)
+
+    def arrays(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(ts, values, owner, block) of every sample with lo <= ts < hi."""
+        if not self.ts:
+            z = np.zeros(0, dtype=np.int64)
+            return z, np.zeros(0), z, z
+        lens = np.fromiter(map(len, self.ts), dtype=np.int64, count=len(self.ts))
+        ts = np.concatenate(self.ts).astype(np.int64, copy=False)
+        v = np.concatenate(self.v).astype(np.float64, copy=False)
+        own = np.repeat(np.asarray(self.own, dtype=np.int64), lens)
+        blk = np.repeat(np.asarray(self.blk, dtype=np.int64), lens)
+        if len(ts) and (ts.min() < lo or ts.max() >= hi):
+            keep = (ts >= lo) & (ts < hi)
+            ts, v, own, blk = ts[keep], v[keep], own[keep], blk[keep]
+        return ts, v, own, blk
 
 
 def _with_range_starts(ts: np.ndarray, v: np.ndarray, spare_ts: np.ndarray, spare_v: np.ndarray, res_ms: int,
