@@ -476,18 +476,26 @@ class SeriesStream:
         series. Same samples as merging each series' pieces on its own (`_merge_parts`)."""
         segs = self.plan.segments
         grid = self.grid
+        bounds = [(max(seg.start, self.min_time), min(seg.end, self.max_time + 1)) for seg in segs]
+        cut = [[m.min_time < lo or m.max_time > hi for m in seg.blocks] for seg, (lo, hi) in zip(segs, bounds)]
         main = [_Gather() for _ in segs]
         spare = [_Gather() for _ in segs]
         chunk_parts: dict[tuple[int, int], list] = {}
         for li, lab in enumerate(batch):
             for si, bi, r in self._entries[lab]:
                 key = (si, bi, r)
-                c = chunked.get(key)
-                if c is not None:
-                    chunk_parts.setdefault((li, si), []).append(c)
-                    continue
+                if chunked:
+                    c = chunked.get(key)
+                    if c is not None:
+                        chunk_parts.setdefault((li, si), []).append(c)
+                        continue
                 hit = got.get(key)
                 if hit is None:
+                    continue
+                if cut[si][bi]:  # a block the query range cuts: its samples inside the range
+                    main[si].add_within(hit[0], hit[1], li, bi, *bounds[si])
+                    if grid is not None and len(hit) > 2 and len(hit[2]):
+                        spare[si].add_within(hit[2], hit[3], li, bi, *bounds[si])
                     continue
                 main[si].add(hit[0], hit[1], li, bi)
                 if grid is not None and len(hit) > 2 and len(hit[2]):
@@ -499,20 +507,23 @@ class SeriesStream:
                 cuts.append(None)
                 arrays.append(None)
                 continue
-            lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
-            ts, v, own, blk = main[si].arrays(lo, hi)
-            sts, sv, sown, sblk = spare[si].arrays(lo, hi)
+            ts, v, own = main[si].arrays()
+            sts, sv, sown = spare[si].arrays()
+            overlap = any(b.min_time < a.max_time for a, b in zip(seg.blocks, seg.blocks[1:]))
+            sblk = np.zeros(0, dtype=np.int64)
             if len(sts):  # spares of the windows where a query range starts
                 res = seg.blocks[0].resolution_ms
                 w = sts - sts % res
                 k = -((grid[0] - w) // grid[1])  # ceil((w - start) / step)
                 take = grid[0] + k * grid[1] < w + res
-                sts, sv, sown, sblk = sts[take], sv[take], sown[take], sblk[take]
-            overlap = any(b.min_time < a.max_time for a, b in zip(seg.blocks, seg.blocks[1:]))
+                sts, sv, sown = sts[take], sv[take], sown[take]
+                if overlap:
+                    sblk = spare[si].blocks()[take]
             if overlap:  # sort by (series, ts, block, main before spare); the first per ts wins
+                is_spare = np.r_[np.zeros(len(ts), np.int8), np.ones(len(sts), np.int8)]
+                blk = np.r_[main[si].blocks(), sblk]
                 ts, v, own = np.r_[ts, sts], np.r_[v, sv], np.r_[own, sown]
-                is_spare = np.r_[np.zeros(len(blk), np.int8), np.ones(len(sblk), np.int8)]
-                order = np.lexsort((is_spare, np.r_[blk, sblk], ts, own))
+                order = np.lexsort((is_spare, blk, ts, own))
                 ts, v, own = ts[order], v[order], own[order]
                 keep = np.r_[True, (ts[1:] != ts[:-1]) | (own[1:] != own[:-1])]
                 ts, v, own = ts[keep], v[keep], own[keep]
@@ -620,20 +631,26 @@ class _Gather:
         self.own.append(owner)
         self.blk.append(block)
 
-    def arrays(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(ts, values, owner, block) of every sample with lo <= ts < hi."""
+    def add_within(self, ts: np.ndarray, v: np.ndarray, owner: int, block: int, lo: int, hi: int) -> None:
+        """The samples of a sorted run with lo <= ts < hi."""
+        a, b = np.searchsorted(ts, [lo, hi])
+        self.add(ts[a:b], v[a:b], owner, block)
+
+    def _lens(self) -> np.ndarray:
+        return np.fromiter(map(len, self.ts), dtype=np.int64, count=len(self.ts))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ts, values, owner) of every sample."""
         if not self.ts:
             z = np.zeros(0, dtype=np.int64)
-            return z, np.zeros(0), z, z
-        lens = np.fromiter(map(len, self.ts), dtype=np.int64, count=len(self.ts))
+            return z, np.zeros(0), z
         ts = np.concatenate(self.ts).astype(np.int64, copy=False)
         v = np.concatenate(self.v).astype(np.float64, copy=False)
-        own = np.repeat(np.asarray(self.own, dtype=np.int64), lens)
-        blk = np.repeat(np.asarray(self.blk, dtype=np.int64), lens)
-        if len(ts) and (ts.min() < lo or ts.max() >= hi):
-            keep = (ts >= lo) & (ts < hi)
-            ts, v, own, blk = ts[keep], v[keep], own[keep], blk[keep]
-        return ts, v, own, blk
+        return ts, v, np.repeat(np.asarray(self.own, dtype=np.int64), self._lens())
+
+    def blocks(self) -> np.ndarray:
+        """The block index of every sample."""
+        return np.repeat(np.asarray(self.blk, dtype=np.int64), self._lens())
 
 
 def _with_range_starts(ts: np.ndarray, v: np.ndarray, spare_ts: np.ndarray, spare_v: np.ndarray, res_ms: int,
