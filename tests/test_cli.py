@@ -74,6 +74,50 @@ def test_bad_input_one_line_error(tmp_path, args, code, message):
     assert len(r.output.strip().splitlines()) == 1
 
 
+NO_BUCKET = "(a typo? only import, receive and retention set/import/rule create a local bucket)"
+
+
+@pytest.mark.parametrize("args,code,line", [
+    (["blocks", "ls", "--bucket", "FILE"], 1, f"error: bucket FILE is not a directory {NO_BUCKET}"),
+    (["blocks", "ls", "--bucket", "NOSUCH"], 1, f"error: bucket NOSUCH does not exist {NO_BUCKET}"),
+    (["blocks", "verify", "--bucket", "NOSUCH"], 1, f"error: bucket NOSUCH does not exist {NO_BUCKET}"),
+    (["retention", "show", "--bucket", "NOSUCH"], 1, f"error: bucket NOSUCH does not exist {NO_BUCKET}"),
+    (["gateway", "serve", "--bucket", "NOSUCH"], 1, f"error: bucket NOSUCH does not exist {NO_BUCKET}"),
+    (["import", "--bucket", "B", "--tenant", "t", "DIR"], 1, "error: DIR: is a directory (give the files, e.g. DIR/*.om)"),
+    (["retention", "set", "raw=999999999999d", "--bucket", "B"], 1,
+     "error: invalid duration '999999999999d': more than 1000y; say forever"),
+    (["retention", "set", "raw=30d", "5m=7d", "--bucket", "B"], 1,
+     "error: defaults: 5m=7d is shorter than raw=30d; a coarser tier should outlive the finer one it summarises "
+     "(set them equal to drop both together)"),
+    (["retention", "show", "--tenant", "../../etc", "--bucket", "B"], 1,
+     "error: invalid tenant '../../etc': must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}"),
+    (["import", "--tenant", "t", "--block-range", "7m", "F", "--bucket", "B"], 1,
+     "error: invalid block range '7m': use whole minutes that divide 24h, e.g. 2h, 1h, 30m"),
+    (["receive", "--wal-dir", "W", "--block-range", "7m", "--bucket", "B"], 1,
+     "error: invalid block range '7m': use whole minutes that divide 24h, e.g. 2h, 1h, 30m"),
+    (["compact", "--memory-budget", "1", "--bucket", "B"], 1, "error: memory budget '1' is below the minimum 16MiB"),
+    (["import", "--tenant", "t", "--memory-budget", "1", "F", "--bucket", "B"], 1,
+     "error: memory budget '1' is below the minimum 16MiB"),
+    (["blocks", "ls", "--bucket", "B", "--bogus"], 2, None),
+], ids=["bucket-is-a-file", "ls-typo", "verify-typo", "show-typo", "gateway-typo", "import-dir", "huge-duration",
+        "5m-shorter-than-raw", "show-tenant", "import-block-range", "receive-block-range", "compact-budget",
+        "import-budget", "usage"])
+def test_operator_messages_exact_line_and_exit_code(tmp_path, args, code, line):
+    """Each message of the operator-experience review: its exit code and its whole line."""
+    (tmp_path / "B").mkdir()
+    (tmp_path / "FILE").write_text("")
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "F").write_text("m 1 1790000000000\n")
+    names = ("B", "FILE", "NOSUCH", "DIR", "F", "W")
+    r = run(*[str(tmp_path / a) if a in names else a for a in args])
+    assert r.exit_code == code, r.output
+    if line is not None:
+        for n in names:
+            line = line.replace(n + " ", f"{tmp_path / n} ").replace(n + ":", f"{tmp_path / n}:").replace(n + "/", f"{tmp_path / n}/")
+        assert r.output.strip().splitlines() == [line]
+    assert list((tmp_path / "B").iterdir()) == []  # nothing written
+
+
 def test_malformed_import_names_file_and_line_and_writes_nothing(tmp_path):
     bad = tmp_path / "bad.om"
     bad.write_text("m 1 1\nm{x=} 2 2\n# EOF\n")
