@@ -31,6 +31,9 @@ def _release_freed_memory() -> None:
     query)."""
     import pyarrow as pa
 
+    from query_gateway.memory import limit_arenas
+
+    limit_arenas()
     try:
         pa.jemalloc_set_decay_ms(0)
     except NotImplementedError:
