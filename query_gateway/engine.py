@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from collections import OrderedDict
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -28,6 +27,7 @@ from blocks.marks import DELETION_DELAY_MS
 from query_gateway.fastxor import encode_runs
 from query_gateway.memory import release as release_memory
 from query_gateway.reader import BlockReader, split_by_ref_array
+from query_gateway.replaycache import ReplayCache
 from query_gateway.tiers import TierPlan, choose_tiers, readable_blocks
 from query_gateway.xor import SAMPLES_PER_CHUNK
 
@@ -38,42 +38,6 @@ TIER_ROW_WEIGHT = 4  # a window read and decoded takes about 4x a raw sample's m
 REPLAY_CACHE_BYTES = 96 << 20
 XOR_BYTES_PER_SAMPLE = 2  # a raw sample as a cached XOR chunk: ~1.4 bytes, plus chunk bookkeeping
 REPLAY_BYTES_PER_SAMPLE = 24  # a replayed sample in the cache: ts + value, plus a share of overheads
-
-
-class ReplayCache:
-    """(block, series, replay) -> replayed (ts, values), least recently used out past a byte budget."""
-
-    def __init__(self, max_bytes: int = REPLAY_CACHE_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self.hits = self.misses = 0
-        self._items: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple) -> tuple[np.ndarray, ...] | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                self.misses += 1
-                return None
-            self._items.move_to_end(key)
-            self.hits += 1
-            return hit
-
-    def put(self, key: tuple, value: tuple[np.ndarray, ...]) -> None:
-        size = sum(a.nbytes for a in value) + 100
-        if size > self.max_bytes // 8:
-            return  # one huge series would only evict everything else
-        with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = value
-            self.bytes += size
-            while self.bytes > self.max_bytes and self._items:
-                _, old = self._items.popitem(last=False)
-                self.bytes -= sum(a.nbytes for a in old) + 100
-
-
 
 
 @dataclass(frozen=True)
@@ -134,9 +98,10 @@ class Engine:
     def __init__(self, store: ObjectStore, *, deletion_delay_ms: int = DELETION_DELAY_MS, refresh_s: float = 15.0,
                  limits: Limits = Limits(), cache_blocks: int = 256, cache_dir: str | None = None,
                  cache_bytes: int = 8 << 30, batch_samples: int = BATCH_SAMPLES,
-                 replay_cache_bytes: int = REPLAY_CACHE_BYTES) -> None:
+                 replay_cache_bytes: int = REPLAY_CACHE_BYTES, replay_disk_bytes: int = 0,
+                 replay_disk_dir: str | None = None) -> None:
         self.store = store
-        self.replay_cache = ReplayCache(replay_cache_bytes)
+        self.replay_cache = ReplayCache(replay_cache_bytes, replay_disk_bytes, replay_disk_dir)
         self.reader = BlockReader(store, cache_blocks=cache_blocks, cache_dir=cache_dir, cache_bytes=cache_bytes)
         self.deletion_delay_ms = deletion_delay_ms
         self.refresh_s = refresh_s
@@ -373,14 +338,14 @@ class SeriesStream:
                                                    run_starts, run_ends)
             per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
             c = np.r_[0, np.cumsum(per_run)]
-            keep = self.estimate * XOR_BYTES_PER_SAMPLE <= cache.max_bytes
+            in_memory, keep = cache.admits(self.estimate * XOR_BYTES_PER_SAMPLE)
             for k, r0 in enumerate(run_starts):
                 bi = keys[int(row_block[r0])][1]
                 a, b = int(c[k]), int(c[k + 1])
                 value = (buf[offsets[a]:offsets[b]].copy(), offsets[a:b + 1] - offsets[a], mins[a:b].copy(),
                          maxs[a:b].copy())
                 if keep:
-                    cache.put((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value)
+                    cache.put((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value, memory=in_memory)
                 got[(si, bi, int(refs[r0]))] = value
         return got
 
@@ -416,7 +381,7 @@ class SeriesStream:
         cache = self.engine.replay_cache
         # A query whose replays would not fit the cache only churns it (and the heap): read
         # through without keeping anything.
-        keep = self.estimate * REPLAY_BYTES_PER_SAMPLE <= cache.max_bytes
+        in_memory, keep = cache.admits(self.estimate * REPLAY_BYTES_PER_SAMPLE)
         got: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         missing: dict[tuple[int, int], list[int]] = {}
         chunked = self._raw_chunk_parts(batch) if self.raw_chunks else {}
@@ -464,7 +429,7 @@ class SeriesStream:
                     values = self.replay(arrays, part_start, int(seg.resolution)).split(len(owners))
                 for (meta, bi, ref), value in zip(owners, values):
                     if keep:
-                        cache.put((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
+                        cache.put((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value, memory=in_memory)
                     got[(si, bi, ref)] = value
             self.engine._check_samples(self.samples_read)
         yield from self._assembled(batch, got, chunked)

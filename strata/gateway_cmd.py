@@ -54,6 +54,8 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
               refresh: Annotated[str, typer.Option(help="How often block listings are refreshed.")] = "15s",
               cache_blocks: Annotated[int, typer.Option(help="Block series tables kept in memory.")] = 256,
               replay_cache: Annotated[str, typer.Option(help="Memory for replayed tier/raw samples of recent remote-read queries (blocks are immutable, so a dashboard's refresh reads nothing twice).")] = "96MiB",
+              replay_cache_disk: Annotated[str, typer.Option(help="Local disk for replays too big for --replay-cache or pushed out of it (the OS page cache keeps them warm outside the gateway's RSS); 0: none.")] = "2GiB",
+              replay_cache_dir: Annotated[Optional[Path], typer.Option(help="Where --replay-cache-disk writes (a private directory inside it, removed at exit). Default: $TMPDIR.")] = None,
               file_cache_dir: Annotated[Optional[Path], typer.Option(help="Where copies of S3 block files are kept (default: a temp dir); a local bucket is read in place.")] = None,
               file_cache_size: Annotated[str, typer.Option(help="Disk budget for those copies.")] = "8GiB",
               remote_read_compression: Annotated[str, typer.Option(help="snappy: compress remote-read SAMPLES bodies (slow links); literal: snappy framing without compression (default: cheaper next to Prometheus).")] = "literal",
@@ -76,7 +78,9 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     engine = Engine(store, deletion_delay_ms=parse_duration_ms(deletion_delay),
                     refresh_s=parse_duration_ms(refresh) / 1000, limits=limits, cache_blocks=cache_blocks,
                     cache_dir=str(file_cache_dir) if file_cache_dir else None,
-                    cache_bytes=parse_bytes(file_cache_size), replay_cache_bytes=parse_bytes(replay_cache))
+                    cache_bytes=parse_bytes(file_cache_size), replay_cache_bytes=parse_bytes(replay_cache),
+                    replay_disk_bytes=0 if replay_cache_disk.strip() == "0" else parse_bytes(replay_cache_disk),
+                    replay_disk_dir=str(replay_cache_dir) if replay_cache_dir else None)
     auth = TenantAuth.from_file(default_tenant, auth_tokens_file)
     metrics = GatewayMetrics(engine)
     if http_max_connections < 1 or grpc_max_concurrent < 1:
@@ -102,3 +106,4 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
     grpc_server.stop(grace=5).wait()
     http_server.shutdown()
     http_server.server_close()
+    engine.replay_cache.close()

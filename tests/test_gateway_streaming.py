@@ -241,3 +241,64 @@ def test_vectorised_assembly_matches_the_per_series_oracle(overlapping_bucket, m
                                    grid=(lo - rng, step) if mode == "counter" else None, raw_chunks=streamed)
                 list(st)
     assert len(compared) >= 12 and sum(compared) > 0
+
+
+def test_queries_too_big_for_memory_are_served_from_the_disk_tier(bucket, tmp_path):
+    """With no room in memory, a repeated query comes from the disk tier: same bytes, no DuckDB."""
+    engine, server, port, http, url = serve(bucket, replay_cache_bytes=1, replay_disk_bytes=256 << 20,
+                                            replay_disk_dir=str(tmp_path))
+    try:
+        for call in (lambda: remote_read(url, "rate", 3_600_000), lambda: remote_read(url, "max_over_time", 3_600_000),
+                     lambda: remote_read(url, "", 60_000), lambda: remote_read(url, "", 60_000, True),
+                     lambda: grpc_series(port, 0)):
+            first = call()
+            before = engine.reader.statements
+            assert call() == first
+            assert engine.reader.statements == before
+        assert engine.replay_cache.bytes == 0 and engine.replay_cache.disk.hits > 0
+        files = list(tmp_path.glob("strata-replay-*/*"))
+        assert files and sum(f.stat().st_size for f in files) == engine.replay_cache.disk.bytes
+    finally:
+        stop(server, http)
+        engine.replay_cache.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_tier_round_trip_eviction_and_orphans(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from query_gateway import replaycache
+    from query_gateway.replaycache import DiskTier
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f"strata-replay-{dead.stdout.strip()}-x"
+    orphan.mkdir()
+    (orphan / "00000000").write_bytes(b"x")
+    live = tmp_path / f"strata-replay-{os.getpid()}-y"
+    live.mkdir()
+    old_segment = replaycache.SEGMENT_BYTES
+    replaycache.SEGMENT_BYTES = 4096
+    try:
+        tier = DiskTier(3 * 4096, str(tmp_path))
+        assert not orphan.exists() and live.exists()  # a dead gateway's tier goes, a live one's stays
+        rng = np.random.default_rng(3)
+        values = {}
+        for k in range(40):
+            v = (rng.integers(-2**62, 2**62, 30), rng.normal(size=30), np.arange(k, dtype=np.uint8), np.zeros(0))
+            tier.put(("b", k, "raw"), v)
+            values[k] = v
+        kept = [k for k in values if tier.get(("b", k, "raw")) is not None]
+        assert kept == list(range(40 - len(kept), 40)) and 0 < len(kept) < 40  # the oldest segments went
+        for k in kept:
+            got = tier.get(("b", k, "raw"))
+            assert [a.dtype for a in got] == [a.dtype for a in values[k]]
+            assert all(np.array_equal(a, b) for a, b in zip(got, values[k]))
+        assert tier.bytes <= 3 * 4096 + 4096
+        assert sum(f.stat().st_size for f in (tmp_path / os.path.basename(tier.dir)).iterdir()) == tier.bytes
+        tier.close()
+        assert tier.get(("b", kept[-1], "raw")) is None
+    finally:
+        replaycache.SEGMENT_BYTES = old_segment
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]

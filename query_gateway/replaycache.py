@@ -1,0 +1,200 @@
+"""The gateway's cache of what queries replay or encode per (block, series): blocks are
+immutable, so a dashboard's refresh need not read or decode anything twice.
+
+Two tiers:
+- memory: an LRU of numpy arrays within `max_bytes` (counted in the gateway's RSS);
+- disk (optional): every entry also written to append-only segment files in a private
+  directory, the oldest segment dropped past `disk_bytes`. The OS page cache keeps the hot
+  segments in memory without charging them to the gateway (as Prometheus's mmap'd chunks are), so
+  queries too big for the memory tier are served from here on their next run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+PREFIX = "strata-replay-"
+ENTRY_OVERHEAD = 100          # bookkeeping per memory entry, bytes
+SEGMENT_BYTES = 64 << 20      # a disk segment file
+
+
+class DiskTier:
+    """Entries as bytes in segment files; the oldest segment goes first past `max_bytes`."""
+
+    def __init__(self, max_bytes: int, directory: str | None = None) -> None:
+        self.max_bytes = max_bytes
+        _remove_orphans(directory)
+        self.dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=directory)
+        self.bytes = 0
+        self.hits = 0
+        self._index: dict[tuple, tuple[int, int, tuple]] = {}        # key -> (segment, offset, layout)
+        self._segments: OrderedDict[int, list] = OrderedDict()       # segment -> [fd, size, keys]
+        self._next = 0
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def put(self, key: tuple, value: tuple[np.ndarray, ...]) -> None:
+        arrays = [np.ascontiguousarray(a) for a in value]
+        layout = tuple((a.dtype.str, len(a)) for a in arrays)
+        size = sum(a.nbytes for a in arrays)
+        if size == 0 or size > SEGMENT_BYTES:
+            return
+        with self._lock:
+            if key in self._index or self.dir is None:
+                return
+            seg = next(reversed(self._segments), None)
+            if seg is None or self._segments[seg][1] + size > SEGMENT_BYTES:
+                seg = self._next
+                self._next += 1
+                fd = os.open(os.path.join(self.dir, f"{seg:08d}"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._segments[seg] = [fd, 0, []]
+            entry = self._segments[seg]
+            offset = entry[1]
+            try:
+                for a in arrays:
+                    os.pwrite(entry[0], memoryview(a).cast("B"), offset)
+                    offset += a.nbytes
+            except OSError:  # disk full or gone: this entry is simply not cached
+                return
+            self._index[key] = (seg, entry[1], layout)
+            entry[1] = offset
+            entry[2].append(key)
+            self.bytes += size
+            while self.bytes > self.max_bytes and len(self._segments) > 1:
+                self._drop_oldest()
+
+    def get(self, key: tuple) -> tuple[np.ndarray, ...] | None:
+        with self._lock:
+            found = self._index.get(key)
+            if found is None:
+                return None
+            seg, offset, layout = found
+            fd = self._segments[seg][0]
+            size = sum(np.dtype(d).itemsize * n for d, n in layout)
+            try:
+                buf = os.pread(fd, size, offset)
+            except OSError:
+                return None
+            self.hits += 1
+        out, pos = [], 0
+        for d, n in layout:
+            dt = np.dtype(d)
+            out.append(np.frombuffer(buf, dtype=dt, count=n, offset=pos))
+            pos += dt.itemsize * n
+        return tuple(out)
+
+    def _drop_oldest(self) -> None:
+        seg, (fd, size, keys) = self._segments.popitem(last=False)
+        for k in keys:
+            self._index.pop(k, None)
+        self.bytes -= size
+        os.close(fd)
+        try:
+            os.unlink(os.path.join(self.dir, f"{seg:08d}"))
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Remove the directory (at exit)."""
+        with self._lock:
+            for fd, _, _ in self._segments.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._segments.clear()
+            self._index.clear()
+            if self.dir is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                self.dir = None
+
+
+def _remove_orphans(directory: str | None) -> None:
+    """Remove disk tiers left by gateways that died without cleaning up (kill -9, OOM)."""
+    base = directory or tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its gateway still runs
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except OSError:
+            continue
+
+
+class ReplayCache:
+    """(block, series, replay) -> arrays: memory LRU within `max_bytes`, then the disk tier."""
+
+    def __init__(self, max_bytes: int, disk_bytes: int = 0, disk_dir: str | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._items: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.disk = DiskTier(disk_bytes, disk_dir) if disk_bytes > 0 else None
+
+    def admits(self, estimate_bytes: float) -> tuple[bool, bool]:
+        """(keep in memory, keep at all) for a query whose entries total about `estimate_bytes`:
+        a query bigger than a tier only churns it."""
+        memory = estimate_bytes <= self.max_bytes
+        return memory, memory or (self.disk is not None and estimate_bytes <= self.disk.max_bytes // 2)
+
+    def get(self, key: tuple) -> tuple[np.ndarray, ...] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return hit
+        if self.disk is not None:
+            hit = self.disk.get(key)
+            if hit is not None:
+                with self._lock:
+                    self.hits += 1
+                return hit
+        with self._lock:
+            self.misses += 1
+        return None
+
+    def put(self, key: tuple, value: tuple[np.ndarray, ...], *, memory: bool = True) -> None:
+        """Keep an entry: in memory (unless `memory` is false) and on disk (if there is one)."""
+        if self.disk is not None:
+            self.disk.put(key, value)
+        if not memory:
+            return
+        size = sum(a.nbytes for a in value) + ENTRY_OVERHEAD
+        if size > self.max_bytes // 8:
+            return  # one huge series would only evict everything else
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes and self._items:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= sum(a.nbytes for a in old) + ENTRY_OVERHEAD
+
+
+    def close(self) -> None:
+        """Drop the disk tier's files (server shutdown)."""
+        if self.disk is not None:
+            self.disk.close()
+
+
+__all__ = ["ReplayCache", "DiskTier"]
