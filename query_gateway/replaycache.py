@@ -20,6 +20,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from blocks.log import log
+
 PREFIX = "strata-replay-"
 ENTRY_OVERHEAD = 100          # bookkeeping per memory entry, bytes
 SEGMENT_BYTES = 64 << 20      # a disk segment file
@@ -147,7 +149,13 @@ class ReplayCache:
         self.hits = self.misses = 0
         self._items: OrderedDict[tuple, tuple[np.ndarray, ...]] = OrderedDict()
         self._lock = threading.Lock()
-        self.disk = DiskTier(disk_bytes, disk_dir) if disk_bytes > 0 else None
+        self.disk = None
+        if disk_bytes > 0:
+            try:
+                self.disk = DiskTier(disk_bytes, disk_dir)
+            except OSError as e:  # no writable temp directory: serve without the disk tier
+                log("gateway", "replay_disk_unavailable", "warn", directory=disk_dir or tempfile.gettempdir(),
+                    error=str(e))
 
     def admits(self, estimate_bytes: float) -> tuple[bool, bool]:
         """(keep in memory, keep at all) for a query whose entries total about `estimate_bytes`:

@@ -302,3 +302,13 @@ def test_disk_tier_round_trip_eviction_and_orphans(tmp_path):
     finally:
         replaycache.SEGMENT_BYTES = old_segment
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+
+
+def test_no_writable_directory_means_no_disk_tier(tmp_path):
+    from query_gateway.replaycache import ReplayCache
+
+    cache = ReplayCache(1 << 20, 1 << 20, str(tmp_path / "missing"))
+    assert cache.disk is None
+    value = (np.arange(5), np.ones(5))
+    cache.put(("b", 1, "raw"), value)
+    assert cache.get(("b", 1, "raw")) is value
