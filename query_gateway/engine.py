@@ -522,9 +522,20 @@ class SeriesStream:
 
     def _read_batch(self, batch: list[Labels]) -> Iterator[SeriesData]:
         segs = self.plan.segments
+        cache = self.engine.replay_cache
+        # Tier windows projected to the asked columns (gRPC aggregates) are kept per (block,
+        # series) like replays: read over whole blocks, cut to the query range afterwards.
+        tier_key = "cols:" + ",".join(sorted(self.columns)) if self.columns is not None else None
+        in_memory, keep = cache.admits(self.estimate * 8 * (len(self.columns) + 2)) if tier_key else (False, False)
         wanted: dict[tuple[int, int], list[int]] = {}
+        cached: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
         for lab in batch:
             for si, bi, r in self._entries[lab]:
+                if tier_key and segs[si].resolution != Resolution.RAW:
+                    hit = cache.get((segs[si].blocks[bi].ulid, r, tier_key))
+                    if hit is not None:
+                        cached[(si, bi, r)] = dict(zip(("ts", *sorted(self.columns)), hit))
+                        continue
                 wanted.setdefault((si, bi), []).append(r)
         spans: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # (seg, block, ref) -> (seg, off, n)
         arrays_of: dict[int, dict[str, np.ndarray]] = {}
@@ -537,12 +548,18 @@ class SeriesStream:
                 continue
             lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
             items = [(seg.blocks[bi], np.array(sorted(wanted[(si, bi)]), dtype=np.int64)) for _, bi in keys]
+            whole = keep and seg.resolution != Resolution.RAW
+            if whole:
+                lo, hi = min(m.min_time for m, _ in items), max(m.max_time for m, _ in items)
             for group in _by_format(items):
                 meta = items[group[0]][0]
                 cols = None if seg.resolution == Resolution.RAW or self.columns is None else \
                     stored_for(self.columns, meta.version)
                 table, bounds = self.engine.reader.read_many([items[k] for k in group], lo, hi, cols)
-                self.samples_read += table.num_rows
+                if whole:
+                    self._count_in_range(si, table.column("ts").to_numpy())
+                else:
+                    self.samples_read += table.num_rows
                 if seg.resolution == Resolution.RAW:
                     arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
                 elif self.columns is None:
@@ -559,7 +576,13 @@ class SeriesStream:
                     if b > a:
                         for ref, (off, n) in split_by_ref_array(refs[a:b]).items():
                             spans[(si, keys[k][1], ref)] = (slot, a + off, n)
+                            if whole:
+                                names = ("ts", *sorted(self.columns))
+                                cache.put((items[k][0].ulid, ref, tier_key),
+                                          tuple(np.array(arrays[c][a + off:a + off + n]) for c in names),
+                                          memory=in_memory)
             self.engine._check_samples(self.samples_read)
+        bounds_of = [(max(seg.start, self.min_time), min(seg.end, self.max_time + 1)) for seg in segs]
         for lab in batch:
             out = SeriesData(lab, self._types[lab])
             pieces: dict[int, list[Part]] = {}
@@ -568,11 +591,20 @@ class SeriesStream:
                 if (si, bi, r) in chunked:
                     chunk_seg.setdefault(si, []).append(chunked[(si, bi, r)])
                     continue
-                got = spans.get((si, bi, r))
-                if got is not None:
+                cols = cached.get((si, bi, r))
+                if cols is None:
+                    got = spans.get((si, bi, r))
+                    if got is None:
+                        continue
                     slot, off, n = got
-                    pieces.setdefault(si, []).append(
-                        Part(segs[si].resolution, {c: a[off:off + n] for c, a in arrays_of[slot].items()}))
+                    cols = {c: a[off:off + n] for c, a in arrays_of[slot].items()}
+                meta = segs[si].blocks[bi]
+                lo, hi = bounds_of[si]
+                if tier_key and meta.resolution_ms and (meta.min_time < lo or meta.max_time > hi):
+                    a, b = np.searchsorted(cols["ts"], [lo, hi])  # a whole block read: its part in range
+                    cols = {c: x[a:b] for c, x in cols.items()}
+                if len(cols["ts"]):
+                    pieces.setdefault(si, []).append(Part(segs[si].resolution, cols))
             for si in sorted(set(pieces) | set(chunk_seg)):
                 if si in chunk_seg:
                     part = self._chunk_part(si, chunk_seg[si])

@@ -43,6 +43,8 @@ class DiskTier:
         atexit.register(self.close)
 
     def put(self, key: tuple, value: tuple[np.ndarray, ...]) -> None:
+        if any(a.dtype.hasobject for a in value):
+            return  # object arrays (v1 tiers' missing values) stay in memory only
         arrays = [np.ascontiguousarray(a) for a in value]
         layout = tuple((a.dtype.str, len(a)) for a in arrays)
         size = sum(a.nbytes for a in arrays)

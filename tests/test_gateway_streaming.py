@@ -64,8 +64,8 @@ def stop(server, http):
     http.server_close()
 
 
-def grpc_series(port, res, aggrs=()):
-    req = thanos_store_pb2.SeriesRequest(min_time=0, max_time=3 * D - 1, max_resolution_window=res,
+def grpc_series(port, res, aggrs=(), lo=0, hi=3 * D - 1):
+    req = thanos_store_pb2.SeriesRequest(min_time=lo, max_time=hi, max_resolution_window=res,
                                          matchers=[LM(type=LM.RE, name="__name__", value="m.*")],
                                          aggregates=list(aggrs))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -93,6 +93,9 @@ def test_answers_do_not_depend_on_batch_size_or_caches(bucket, batch):
     try:
         for res, aggrs in ((0, ()), (300_000, (1, 2, 5)), (3_600_000, (3, 4))):
             assert grpc_series(p1, res, aggrs) == grpc_series(p0, res, aggrs)
+            cut = (D // 2 + 12_345, 2 * D + 777_777)  # first and last blocks cut: whole-block cache entries
+            for _ in range(2):
+                assert grpc_series(p1, res, aggrs, *cut) == grpc_series(p0, res, aggrs, *cut)
         for func, step in (("rate", 3_600_000), ("avg_over_time", 3_600_000), ("", 60_000), ("count_over_time", 60_000)):
             assert remote_read(u1, func, step) == remote_read(u0, func, step)
             assert remote_read(u1, func, step, streamed=True) == remote_read(u0, func, step, streamed=True)
@@ -105,7 +108,8 @@ def test_repeated_queries_are_served_from_the_caches(bucket):
     engine, server, port, http, url = serve(bucket)
     try:
         for call in (lambda: remote_read(url, "rate", 3_600_000), lambda: remote_read(url, "", 60_000, True),
-                     lambda: grpc_series(port, 0)):
+                     lambda: grpc_series(port, 0), lambda: grpc_series(port, 300_000, (1, 2, 3, 4, 5)),
+                     lambda: grpc_series(port, 3_600_000, (5,))):
             first = call()
             before = engine.reader.statements
             assert call() == first
@@ -250,7 +254,7 @@ def test_queries_too_big_for_memory_are_served_from_the_disk_tier(bucket, tmp_pa
     try:
         for call in (lambda: remote_read(url, "rate", 3_600_000), lambda: remote_read(url, "max_over_time", 3_600_000),
                      lambda: remote_read(url, "", 60_000), lambda: remote_read(url, "", 60_000, True),
-                     lambda: grpc_series(port, 0)):
+                     lambda: grpc_series(port, 0), lambda: grpc_series(port, 300_000, (1, 2, 3, 4, 5))):
             first = call()
             before = engine.reader.statements
             assert call() == first
