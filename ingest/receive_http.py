@@ -121,11 +121,8 @@ def _handler(rx: Receiver, auth: TenantAuth, opts: ServerOptions):
                 if self.command != route.method:
                     raise _Reply(405, f"use {route.method}", {"Allow": route.method})
                 status = getattr(self, route.handler)()
-            except _Reply as r:
-                status = r.status
-                self._send(r.status, (str(r) + "\n").encode(), headers=r.headers)
-            except StrataError as e:  # the error table decides the status
-                r = _error_reply(e)
+            except (_Reply, StrataError) as e:  # for a StrataError the error table decides the status
+                r = e if isinstance(e, _Reply) else _error_reply(e)
                 status = r.status
                 self._send(r.status, (str(r) + "\n").encode(), headers=r.headers)
             except Exception as e:  # a server fault (disk, bug): 500 so the sender retries

@@ -245,6 +245,8 @@ class SeriesStream:
         self.replay_columns = tuple(replay_columns)
         self.warnings = list(plan.warnings)
         self.min_time, self.max_time, self.skip_data = min_time, max_time, skip_data
+        # each segment's part of the query range, [lo, hi)
+        self.bounds = [(max(seg.start, min_time), min(seg.end, max_time + 1)) for seg in plan.segments]
         reader = engine.reader
         # (segment, block) -> refs; label set -> [(segment index, block index, ref)]
         entries: dict[Labels, list[tuple[int, int, int]]] = {}
@@ -252,7 +254,7 @@ class SeriesStream:
         self.estimate = 0.0
         for si, seg in enumerate(plan.segments):
             found = reader.match_blocks(seg.blocks, matchers) if seg.blocks else {}
-            lo, hi = max(seg.start, min_time), min(seg.end, max_time + 1)
+            lo, hi = self.bounds[si]
             for bi, meta in enumerate(seg.blocks):
                 refs = found.get(meta.ulid)
                 if refs is None or len(refs) == 0:
@@ -304,8 +306,7 @@ class SeriesStream:
 
     def _count_in_range(self, si: int, ts: np.ndarray) -> None:
         """Count what a read (of whole blocks, for the cache) holds inside the query's range."""
-        seg = self.plan.segments[si]
-        lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
+        lo, hi = self.bounds[si]
         self.samples_read += int(np.count_nonzero((ts >= lo) & (ts < hi)))
         self.engine._check_samples(self.samples_read)
 
@@ -358,7 +359,7 @@ class SeriesStream:
         """One raw segment's chunks of a series (its blocks' entries in order), cut to the chunks
         overlapping the segment's part of the query range."""
         seg = self.plan.segments[si]
-        lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
+        lo, hi = self.bounds[si]
         bufs, offs, mins, maxs = [], [], [], []
         base = 0
         for buf, o, mi, ma in entries:
@@ -446,7 +447,7 @@ class SeriesStream:
         series. Same samples as merging each series' pieces on its own (`_merge_parts`)."""
         segs = self.plan.segments
         grid = self.grid
-        bounds = [(max(seg.start, self.min_time), min(seg.end, self.max_time + 1)) for seg in segs]
+        bounds = self.bounds
         cut = [[m.min_time < lo or m.max_time > hi for m in seg.blocks] for seg, (lo, hi) in zip(segs, bounds)]
         main = [_Gather() for _ in segs]
         spare = [_Gather() for _ in segs]
@@ -525,7 +526,8 @@ class SeriesStream:
         cache = self.engine.replay_cache
         # Tier windows projected to the asked columns (gRPC aggregates) are kept per (block,
         # series) like replays: read over whole blocks, cut to the query range afterwards.
-        tier_key = "cols:" + ",".join(sorted(self.columns)) if self.columns is not None else None
+        tier_names = ("ts", *sorted(self.columns)) if self.columns is not None else ()
+        tier_key = "cols:" + ",".join(tier_names[1:]) if tier_names else None
         in_memory, keep = cache.admits(self.estimate * 8 * (len(self.columns) + 2)) if tier_key else (False, False)
         wanted: dict[tuple[int, int], list[int]] = {}
         cached: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
@@ -534,7 +536,7 @@ class SeriesStream:
                 if tier_key and segs[si].resolution != Resolution.RAW:
                     hit = cache.get((segs[si].blocks[bi].ulid, r, tier_key))
                     if hit is not None:
-                        cached[(si, bi, r)] = dict(zip(("ts", *sorted(self.columns)), hit))
+                        cached[(si, bi, r)] = dict(zip(tier_names, hit))
                         continue
                 wanted.setdefault((si, bi), []).append(r)
         spans: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # (seg, block, ref) -> (seg, off, n)
@@ -546,7 +548,7 @@ class SeriesStream:
             keys = [k for k in wanted if k[0] == si]
             if not keys:
                 continue
-            lo, hi = max(seg.start, self.min_time), min(seg.end, self.max_time + 1)
+            lo, hi = self.bounds[si]
             items = [(seg.blocks[bi], np.array(sorted(wanted[(si, bi)]), dtype=np.int64)) for _, bi in keys]
             whole = keep and seg.resolution != Resolution.RAW
             if whole:
@@ -577,12 +579,10 @@ class SeriesStream:
                         for ref, (off, n) in split_by_ref_array(refs[a:b]).items():
                             spans[(si, keys[k][1], ref)] = (slot, a + off, n)
                             if whole:
-                                names = ("ts", *sorted(self.columns))
                                 cache.put((items[k][0].ulid, ref, tier_key),
-                                          tuple(np.array(arrays[c][a + off:a + off + n]) for c in names),
+                                          tuple(np.array(arrays[c][a + off:a + off + n]) for c in tier_names),
                                           memory=in_memory)
             self.engine._check_samples(self.samples_read)
-        bounds_of = [(max(seg.start, self.min_time), min(seg.end, self.max_time + 1)) for seg in segs]
         for lab in batch:
             out = SeriesData(lab, self._types[lab])
             pieces: dict[int, list[Part]] = {}
@@ -599,7 +599,7 @@ class SeriesStream:
                     slot, off, n = got
                     cols = {c: a[off:off + n] for c, a in arrays_of[slot].items()}
                 meta = segs[si].blocks[bi]
-                lo, hi = bounds_of[si]
+                lo, hi = self.bounds[si]
                 if tier_key and meta.resolution_ms and (meta.min_time < lo or meta.max_time > hi):
                     a, b = np.searchsorted(cols["ts"], [lo, hi])  # a whole block read: its part in range
                     cols = {c: x[a:b] for c, x in cols.items()}
@@ -653,20 +653,6 @@ class _Gather:
     def blocks(self) -> np.ndarray:
         """The block index of every sample."""
         return np.repeat(np.asarray(self.blk, dtype=np.int64), self._lens())
-
-
-def _with_range_starts(ts: np.ndarray, v: np.ndarray, spare_ts: np.ndarray, spare_v: np.ndarray, res_ms: int,
-                       start_ms: int, step_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Replayed samples plus the spare first samples of the windows in which a query range
-    starts (range starts are start_ms + k * step_ms, Prometheus's read hints)."""
-    w = spare_ts - spare_ts % res_ms  # window start
-    k = -((start_ms - w) // step_ms)  # ceil((w - start) / step)
-    take = start_ms + k * step_ms < w + res_ms
-    if not take.any():
-        return ts, v
-    ts2, v2 = np.concatenate([ts, spare_ts[take]]), np.concatenate([v, spare_v[take]])
-    order = np.argsort(ts2, kind="stable")
-    return ts2[order], v2[order]
 
 
 def _by_format(items) -> list[list[int]]:

@@ -200,7 +200,6 @@ class ReplayCache:
                 _, old = self._items.popitem(last=False)
                 self.bytes -= sum(a.nbytes for a in old) + ENTRY_OVERHEAD
 
-
     def close(self) -> None:
         """Drop the disk tier's files (server shutdown)."""
         if self.disk is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -16,7 +15,7 @@ from strata.common import (
     load_store_config, parse_duration_ms, parse_time_ms, render,
 )
 from blocks.errors import HaltError, RetryableError, StrataError
-from blocks.log import human, record
+from blocks.log import human, log, record
 from blocks.objstore import open_store
 from blocks.selectors import parse_selector
 from blocks.units import parse_memory_budget
@@ -75,7 +74,7 @@ def _emitter():
 
     def emit(event: str, **fields) -> None:
         level = {"halt": "error", "error": "error", "retry": "warn", "leased": "warn"}.get(event, "info")
-        sys.stderr.write(json.dumps(record("compactor", event, level, **fields), default=str) + "\n")
+        log("compactor", event, level, tty=False, **fields)
 
     return emit, lambda: None
 

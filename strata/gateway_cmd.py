@@ -79,7 +79,7 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                     refresh_s=parse_duration_ms(refresh) / 1000, limits=limits, cache_blocks=cache_blocks,
                     cache_dir=str(file_cache_dir) if file_cache_dir else None,
                     cache_bytes=parse_bytes(file_cache_size), replay_cache_bytes=parse_bytes(replay_cache),
-                    replay_disk_bytes=0 if replay_cache_disk.strip() == "0" else parse_bytes(replay_cache_disk),
+                    replay_disk_bytes=parse_bytes(replay_cache_disk),
                     replay_disk_dir=str(replay_cache_dir) if replay_cache_dir else None)
     auth = TenantAuth.from_file(default_tenant, auth_tokens_file)
     metrics = GatewayMetrics(engine)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from enum import Enum
@@ -16,7 +15,7 @@ from strata.common import (
     BucketOpt, ConfigOpt, Output, OutputOpt, cli_errors, fmt_bytes, fmt_time, load_store_config,
     is_tty, parse_time_ms, render,
 )
-from blocks.log import record
+from blocks.log import log
 from blocks.errors import InvalidInputError
 from blocks.layout import validate_tenant
 from blocks.objstore import make_s3_client, open_store
@@ -94,7 +93,7 @@ class _Progress:
         out = {**ev, "elapsed_s": round(elapsed, 3), "samples_per_s": round(rate)}
         if ev["phase"] == "read" and ev["bytes_read"]:
             out["eta_s"] = round(elapsed * (ev["total_bytes"] - ev["bytes_read"]) / ev["bytes_read"], 1)
-        typer.echo(json.dumps(record("import", "import_progress", **out)), err=True)
+        log("import", "import_progress", tty=False, **out)
 
     def close(self) -> None:
         if self.bar is not None and self.task is not None:

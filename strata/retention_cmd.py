@@ -109,6 +109,13 @@ def show_cmd(bucket: BucketOpt = None, config: ConfigOpt = None, tenant: TenantF
     _show(policy, tenant, output)
 
 
+def _edit(bucket, config, change, expect_generation, dry_run: bool, output: Output, tenant: str | None = None) -> None:
+    """One compare-and-swap edit of the policy (or its dry run), then the policy as it now reads."""
+    _, new = edit_policy(_store(bucket, config, create=True), change, expect_generation=expect_generation,
+                         dry_run=dry_run)
+    _show(new, tenant, output, dry_run)
+
+
 @app.command("set")
 @cli_errors
 def set_cmd(settings: Annotated[list[str], typer.Argument(help="RESOLUTION=DURATION pairs, e.g. raw=30d 5m=180d 1d=forever.")],
@@ -119,9 +126,7 @@ def set_cmd(settings: Annotated[list[str], typer.Argument(help="RESOLUTION=DURAT
     Example: strata retention set raw=30d 5m=180d 1h=2y 1d=forever
     """
     values = _pairs(settings)
-    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.with_durations(values, tenant),
-                         expect_generation=expect_generation, dry_run=dry_run)
-    _show(new, tenant, output, dry_run)
+    _edit(bucket, config, lambda p: p.with_durations(values, tenant), expect_generation, dry_run, output, tenant)
 
 
 @app.command("unset")
@@ -133,9 +138,8 @@ def unset_cmd(resolutions: Annotated[list[str], typer.Argument(help="Resolutions
 
     Example: strata retention unset raw --tenant acme
     """
-    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.without_durations(resolutions, tenant),
-                         expect_generation=expect_generation, dry_run=dry_run)
-    _show(new, tenant, output, dry_run)
+    _edit(bucket, config, lambda p: p.without_durations(resolutions, tenant), expect_generation, dry_run, output,
+          tenant)
 
 
 @app.command("import")
@@ -168,9 +172,7 @@ def import_cmd(path: Annotated[Path, typer.Argument(help="Policy JSON (the docum
         typer.echo(f"kept the stored retention policy (generation {current.generation}); nothing imported", err=True)
         _show(current, None, output, dry_run=True)
         return
-    _, new = edit_policy(_store(bucket, config, create=True), lambda p: replace(doc, generation=p.generation),
-                         expect_generation=expect_generation, dry_run=dry_run)
-    _show(new, None, output, dry_run)
+    _edit(bucket, config, lambda p: replace(doc, generation=p.generation), expect_generation, dry_run, output)
 
 
 @rule_app.command("add")
@@ -187,9 +189,7 @@ def rule_add_cmd(selector: Annotated[str, typer.Argument(help='PromQL series sel
     """
     rule = Rule.from_dict({"selector": selector, "retention": _pairs(settings or []),
                            "downsample": not no_downsample, **({"tenant": tenant} if tenant else {})}, "rule")
-    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.with_rule(rule, position),
-                         expect_generation=expect_generation, dry_run=dry_run)
-    _show(new, None, output, dry_run)
+    _edit(bucket, config, lambda p: p.with_rule(rule, position), expect_generation, dry_run, output)
 
 
 @rule_app.command("rm")
@@ -201,9 +201,7 @@ def rule_rm_cmd(which: Annotated[str, typer.Argument(help="Rule index (see `show
 
     Example: strata retention rule rm 0
     """
-    _, new = edit_policy(_store(bucket, config, create=True), lambda p: p.without_rule(which),
-                         expect_generation=expect_generation, dry_run=dry_run)
-    _show(new, None, output, dry_run)
+    _edit(bucket, config, lambda p: p.without_rule(which), expect_generation, dry_run, output)
 
 
 @rule_app.command("ls")
