@@ -3,7 +3,8 @@
 `encode_chunks_into` writes every 120-sample chunk of a sample run into one byte buffer, byte
 for byte what `query_gateway.xor.encode_xor` (the pure-Python oracle, kept for tests) and
 Prometheus's `tsdb/chunkenc/xor.go` write. Measured on this machine (bench/bench_dashboard.py):
-the pure-Python encoder does ~0.25 M samples/s, this one ~60 M samples/s on one core.
+the pure-Python encoder does ~0.25 M samples/s, this one ~70 M samples/s on one core
+(count-leading/trailing-zeros as LLVM intrinsics; with bit loops it did ~43 M).
 
 Functions compile on first use (a second or two); `warm_up()` does it at server start. The
 compiled code is cached on disk where the package directory is writable (else NUMBA_CACHE_DIR).
@@ -12,6 +13,8 @@ compiled code is cached on disk where the package directory is writable (else NU
 from __future__ import annotations
 
 import numpy as np
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
+
 from blocks.jit import jit as _jit
 
 from query_gateway.xor import SAMPLES_PER_CHUNK
@@ -19,46 +22,10 @@ from query_gateway.xor import SAMPLES_PER_CHUNK
 
 
 
-@_jit
-def _clz64(x):
-    if x == 0:
-        return 64
-    n = 0
-    if x <= np.uint64(0x00000000FFFFFFFF):
-        n += 32
-        x <<= np.uint64(32)
-    if x <= np.uint64(0x0000FFFFFFFFFFFF):
-        n += 16
-        x <<= np.uint64(16)
-    if x <= np.uint64(0x00FFFFFFFFFFFFFF):
-        n += 8
-        x <<= np.uint64(8)
-    if x <= np.uint64(0x0FFFFFFFFFFFFFFF):
-        n += 4
-        x <<= np.uint64(4)
-    if x <= np.uint64(0x3FFFFFFFFFFFFFFF):
-        n += 2
-        x <<= np.uint64(2)
-    if x <= np.uint64(0x7FFFFFFFFFFFFFFF):
-        n += 1
-    return n
-
-
-@_jit
-def _ctz64(x):
-    if x == 0:
-        return 64
-    n = 0
-    while (x & np.uint64(1)) == 0:
-        x >>= np.uint64(1)
-        n += 1
-    return n
-
-
 @_jit(inline=True)
 def _put(out, p, acc, nacc, w, width):
     """Append the low `width` (<= 32) bits of w to the pending bits; write out whole bytes.
-    Returns (p, acc, nacc)."""
+    Returns (p, acc, nacc). (Writing 4 bytes at a time instead measured 2x slower here.)"""
     acc = (acc << np.uint64(width)) | w
     nacc += width
     while nacc >= 8:
@@ -146,8 +113,8 @@ def _encode_chunk(ts, bits, lo, hi, out, pos):
             p, acc, nacc = _put(out, p, acc, nacc, np.uint64(0), 1)
             last_whole = False
         else:
-            new_lead = _clz64(delta)
-            new_trail = _ctz64(delta)
+            new_lead = np.int64(leading_zeros(delta))  # LLVM ctlz/cttz: one instruction each
+            new_trail = np.int64(trailing_zeros(delta))
             if new_lead >= 32:
                 new_lead = 31
             if leading != 0xFF and new_lead >= leading and new_trail >= trailing:
