@@ -10,7 +10,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from blocks.encoding import decode_values
+from blocks.encoding import decode_arrow
 from blocks.errors import BlockCorruptError, ObjectNotFound, RetryableError
 from blocks.layout import (
     DELETION_MARK_FILE, NO_COMPACT_MARK_FILE, RESERVED_PREFIX, SAMPLES_FILE, SERIES_FILE,
@@ -172,13 +172,10 @@ def decode_raw(table: pa.Table | pa.RecordBatch) -> pa.Table:
     refs, ts = table.column("series_ref"), table.column("ts")
     if "value_mantissa" not in names:
         return pa.table({"series_ref": refs, "ts": ts, "value": table.column("value")})
-    v = table.column("value")
-    m = table.column("value_mantissa")
-    s = table.column("value_scale")
-    m_valid = m.is_valid().to_numpy(zero_copy_only=False)
-    f = v.fill_null(0.0).to_numpy(zero_copy_only=False)
-    values = decode_values(f, m.fill_null(0).to_numpy(zero_copy_only=False), m_valid,
-                           s.fill_null(0).to_numpy(zero_copy_only=False))
+    cols = [table.column(c) for c in ("value", "value_mantissa", "value_scale")]
+    if isinstance(table, pa.Table):  # a table's columns may come in chunks: one array each
+        cols = [c.combine_chunks() if c.num_chunks != 1 else c.chunk(0) for c in cols]
+    values = decode_arrow(*cols)
     return pa.table({"series_ref": refs, "ts": ts, "value": pa.array(values)})
 
 

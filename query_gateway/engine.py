@@ -26,7 +26,7 @@ from blocks.tiers import decode_logical, decode_windows, stored_for
 from blocks.marks import DELETION_DELAY_MS
 from query_gateway.fastxor import encode_runs
 from query_gateway.memory import release as release_memory
-from query_gateway.reader import BlockReader, split_by_ref_array
+from query_gateway.reader import BlockReader, ScanMemo, split_by_ref_array
 from query_gateway.replaycache import ReplayCache
 from query_gateway.tiers import TierPlan, choose_tiers, readable_blocks
 from query_gateway.xor import SAMPLES_PER_CHUNK
@@ -272,6 +272,7 @@ class SeriesStream:
         self.labels = sorted(entries)
         self._entries, self._types = entries, types
         self.samples_read = 0
+        self._memo = ScanMemo()  # row groups a batch shares with the next are decoded once
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -332,7 +333,7 @@ class SeriesStream:
                 continue
             items = [(seg.blocks[bi], np.array(sorted(missing[(si, bi)]), dtype=np.int64)) for _, bi in keys]
             lo, hi = min(m.min_time for m, _ in items), max(m.max_time for m, _ in items)
-            table, bounds = self.engine.reader.read_many(items, lo, hi)
+            table, bounds = self.engine.reader.read_many(items, lo, hi, memo=self._memo)
             self._count_in_range(si, table.column("ts").to_numpy())
             refs = table.column("series_ref").to_numpy(zero_copy_only=False)
             row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
@@ -345,14 +346,16 @@ class SeriesStream:
             per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
             c = np.r_[0, np.cumsum(per_run)]
             in_memory, keep = cache.admits(self.estimate * XOR_BYTES_PER_SAMPLE)
+            entries = []
             for k, r0 in enumerate(run_starts):
                 bi = keys[int(row_block[r0])][1]
                 a, b = int(c[k]), int(c[k + 1])
                 value = (buf[offsets[a]:offsets[b]].copy(), offsets[a:b + 1] - offsets[a], mins[a:b].copy(),
                          maxs[a:b].copy())
                 if keep:
-                    cache.put((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value, memory=in_memory)
+                    entries.append(((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value))
                 got[(si, bi, int(refs[r0]))] = value
+            cache.put_many(entries, memory=in_memory)
         return got
 
     def _chunk_part(self, si: int, entries: list[tuple]) -> Part:
@@ -412,7 +415,7 @@ class SeriesStream:
                 sub = [items[k] for k in group]
                 meta0 = sub[0][0]
                 cols = None if seg.resolution == Resolution.RAW else stored_for(self.replay_columns, meta0.version)
-                table, bounds = self.engine.reader.read_many(sub, lo, hi, cols)
+                table, bounds = self.engine.reader.read_many(sub, lo, hi, cols, memo=self._memo)
                 self._count_in_range(si, table.column("ts").to_numpy())
                 if seg.resolution == Resolution.RAW:
                     arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
@@ -434,9 +437,10 @@ class SeriesStream:
                 else:
                     values = self.replay(arrays, part_start, int(seg.resolution)).split(len(owners))
                 for (meta, bi, ref), value in zip(owners, values):
-                    if keep:
-                        cache.put((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value, memory=in_memory)
                     got[(si, bi, ref)] = value
+                if keep:
+                    cache.put_many([((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
+                                    for (meta, _, ref), value in zip(owners, values)], memory=in_memory)
             self.engine._check_samples(self.samples_read)
         yield from self._assembled(batch, got, chunked)
 
@@ -557,7 +561,8 @@ class SeriesStream:
                 meta = items[group[0]][0]
                 cols = None if seg.resolution == Resolution.RAW or self.columns is None else \
                     stored_for(self.columns, meta.version)
-                table, bounds = self.engine.reader.read_many([items[k] for k in group], lo, hi, cols)
+                table, bounds = self.engine.reader.read_many([items[k] for k in group], lo, hi, cols,
+                                                             memo=self._memo)
                 if whole:
                     self._count_in_range(si, table.column("ts").to_numpy())
                 else:
@@ -573,15 +578,16 @@ class SeriesStream:
                 slot = len(arrays_of)
                 arrays_of[slot] = arrays
                 refs = table.column("series_ref").to_numpy(zero_copy_only=False)
+                entries = []
                 for j, k in enumerate(group):
                     a, b = int(bounds[j]), int(bounds[j + 1])
                     if b > a:
                         for ref, (off, n) in split_by_ref_array(refs[a:b]).items():
                             spans[(si, keys[k][1], ref)] = (slot, a + off, n)
                             if whole:
-                                cache.put((items[k][0].ulid, ref, tier_key),
-                                          tuple(np.array(arrays[c][a + off:a + off + n]) for c in tier_names),
-                                          memory=in_memory)
+                                entries.append(((items[k][0].ulid, ref, tier_key),
+                                                tuple(np.array(arrays[c][a + off:a + off + n]) for c in tier_names)))
+                cache.put_many(entries, memory=in_memory)
             self.engine._check_samples(self.samples_read)
         for lab in batch:
             out = SeriesData(lab, self._types[lab])

@@ -43,34 +43,59 @@ class DiskTier:
         atexit.register(self.close)
 
     def put(self, key: tuple, value: tuple[np.ndarray, ...]) -> None:
-        if any(a.dtype.hasobject for a in value):
-            return  # object arrays (v1 tiers' missing values) stay in memory only
-        arrays = [np.ascontiguousarray(a) for a in value]
-        layout = tuple((a.dtype.str, len(a)) for a in arrays)
-        size = sum(a.nbytes for a in arrays)
-        if size == 0 or size > SEGMENT_BYTES:
+        self.put_many([(key, value)])
+
+    def put_many(self, entries: list[tuple[tuple, tuple[np.ndarray, ...]]]) -> None:
+        """Write entries (key, arrays): appended to the newest segment, one write per segment
+        touched (a query batch's thousands of entries cost a few syscalls, not one per array)."""
+        todo = []
+        for key, value in entries:
+            if any(a.dtype.hasobject for a in value):
+                continue  # object arrays (v1 tiers' missing values) stay in memory only
+            size = sum(a.nbytes for a in value)
+            if 0 < size <= SEGMENT_BYTES:
+                todo.append((key, value, size))
+        if not todo:
             return
         with self._lock:
-            if key in self._index or self.dir is None:
+            if self.dir is None:
                 return
-            seg = next(reversed(self._segments), None)
-            if seg is None or self._segments[seg][1] + size > SEGMENT_BYTES:
-                seg = self._next
-                self._next += 1
-                fd = os.open(os.path.join(self.dir, f"{seg:08d}"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                self._segments[seg] = [fd, 0, []]
-            entry = self._segments[seg]
-            offset = entry[1]
-            try:
-                for a in arrays:
-                    os.pwrite(entry[0], memoryview(a).cast("B"), offset)
-                    offset += a.nbytes
-            except OSError:  # disk full or gone: this entry is simply not cached
-                return
-            self._index[key] = (seg, entry[1], layout)
-            entry[1] = offset
-            entry[2].append(key)
-            self.bytes += size
+            pending: list = []  # (segment, offset) of the run being gathered, its buffers and keys
+            run = None
+            seen = set()
+            for key, value, size in todo:
+                if key in self._index or key in seen:
+                    continue
+                seen.add(key)
+                seg = next(reversed(self._segments), None)
+                if seg is None or self._segments[seg][1] + size > SEGMENT_BYTES:
+                    if run is not None:
+                        pending.append(run)
+                    seg = self._next
+                    self._next += 1
+                    fd = os.open(os.path.join(self.dir, f"{seg:08d}"), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                    self._segments[seg] = [fd, 0, []]
+                    run = None
+                entry = self._segments[seg]
+                if run is None:
+                    run = (seg, entry[1], [], [])
+                run[2].extend(memoryview(np.ascontiguousarray(a)).cast("B") for a in value)
+                run[3].append((key, entry[1], tuple((a.dtype.str, len(a)) for a in value), size))
+                entry[1] += size  # reserved now, indexed once written
+            if run is not None:
+                pending.append(run)
+            for seg, offset, bufs, keys in pending:
+                entry = self._segments.get(seg)
+                if entry is None:
+                    continue
+                try:
+                    os.pwrite(entry[0], b"".join(bufs), offset)
+                except OSError:  # disk full or gone: these entries are simply not cached
+                    continue
+                for key, at, layout, size in keys:
+                    self._index[key] = (seg, at, layout)
+                    entry[2].append(key)
+                    self.bytes += size
             while self.bytes > self.max_bytes and len(self._segments) > 1:
                 self._drop_oldest()
 
@@ -184,18 +209,21 @@ class ReplayCache:
 
     def put(self, key: tuple, value: tuple[np.ndarray, ...], *, memory: bool = True) -> None:
         """Keep an entry: in memory (unless `memory` is false) and on disk (if there is one)."""
+        self.put_many([(key, value)], memory=memory)
+
+    def put_many(self, entries: list[tuple[tuple, tuple[np.ndarray, ...]]], *, memory: bool = True) -> None:
+        """Keep entries (key, arrays), as `put` does each; the disk tier writes them in one go."""
         if self.disk is not None:
-            self.disk.put(key, value)
+            self.disk.put_many(entries)
         if not memory:
             return
-        size = sum(a.nbytes for a in value) + ENTRY_OVERHEAD
-        if size > self.max_bytes // 8:
-            return  # one huge series would only evict everything else
         with self._lock:
-            if key in self._items:
-                return
-            self._items[key] = value
-            self.bytes += size
+            for key, value in entries:
+                size = sum(a.nbytes for a in value) + ENTRY_OVERHEAD
+                if size > self.max_bytes // 8 or key in self._items:
+                    continue  # one huge series would only evict everything else
+                self._items[key] = value
+                self.bytes += size
             while self.bytes > self.max_bytes and self._items:
                 _, old = self._items.popitem(last=False)
                 self.bytes -= sum(a.nbytes for a in old) + ENTRY_OVERHEAD
