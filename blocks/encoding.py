@@ -11,6 +11,7 @@ the float64 column. All functions here are pure and vectorised (decoding from Ar
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from blocks.jit import jit
 
@@ -105,7 +106,7 @@ def _decode_into(out, floats, mantissas, scales, valid_bits, bit_offset, pow10):
             out[i] = floats[i]
 
 
-def decode_arrow(floats: "pa.Array", mantissas: "pa.Array", scales: "pa.Array") -> np.ndarray:
+def decode_arrow(floats: pa.Array, mantissas: pa.Array, scales: pa.Array) -> np.ndarray:
     """decode_values over one Arrow chunk of each raw value column, read straight from the
     buffers (null slots' contents are never used)."""
     n = len(mantissas)
@@ -125,7 +126,7 @@ def decode_arrow(floats: "pa.Array", mantissas: "pa.Array", scales: "pa.Array") 
     return out
 
 
-def _buffer(arr: "pa.Array", dtype) -> np.ndarray:
+def _buffer(arr: pa.Array, dtype) -> np.ndarray:
     """A fixed-width Arrow array's values buffer as numpy (whatever null slots hold)."""
     return np.frombuffer(arr.buffers()[1], dtype=dtype, count=arr.offset + len(arr))[arr.offset:]
 

@@ -26,7 +26,7 @@ from blocks.tiers import decode_logical, decode_windows, stored_for
 from blocks.marks import DELETION_DELAY_MS
 from query_gateway.fastxor import encode_runs
 from query_gateway.memory import release as release_memory
-from query_gateway.reader import BlockReader, ScanMemo, split_by_ref_array
+from query_gateway.reader import BlockReader, split_by_ref_array
 from query_gateway.replaycache import ReplayCache
 from query_gateway.tiers import TierPlan, choose_tiers, readable_blocks
 from query_gateway.xor import SAMPLES_PER_CHUNK
@@ -272,7 +272,6 @@ class SeriesStream:
         self.labels = sorted(entries)
         self._entries, self._types = entries, types
         self.samples_read = 0
-        self._memo = ScanMemo()  # row groups a batch shares with the next are decoded once
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -333,7 +332,7 @@ class SeriesStream:
                 continue
             items = [(seg.blocks[bi], np.array(sorted(missing[(si, bi)]), dtype=np.int64)) for _, bi in keys]
             lo, hi = min(m.min_time for m, _ in items), max(m.max_time for m, _ in items)
-            table, bounds = self.engine.reader.read_many(items, lo, hi, memo=self._memo)
+            table, bounds = self.engine.reader.read_many(items, lo, hi)
             self._count_in_range(si, table.column("ts").to_numpy())
             refs = table.column("series_ref").to_numpy(zero_copy_only=False)
             row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
@@ -415,7 +414,7 @@ class SeriesStream:
                 sub = [items[k] for k in group]
                 meta0 = sub[0][0]
                 cols = None if seg.resolution == Resolution.RAW else stored_for(self.replay_columns, meta0.version)
-                table, bounds = self.engine.reader.read_many(sub, lo, hi, cols, memo=self._memo)
+                table, bounds = self.engine.reader.read_many(sub, lo, hi, cols)
                 self._count_in_range(si, table.column("ts").to_numpy())
                 if seg.resolution == Resolution.RAW:
                     arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
@@ -561,8 +560,7 @@ class SeriesStream:
                 meta = items[group[0]][0]
                 cols = None if seg.resolution == Resolution.RAW or self.columns is None else \
                     stored_for(self.columns, meta.version)
-                table, bounds = self.engine.reader.read_many([items[k] for k in group], lo, hi, cols,
-                                                             memo=self._memo)
+                table, bounds = self.engine.reader.read_many([items[k] for k in group], lo, hi, cols)
                 if whole:
                     self._count_in_range(si, table.column("ts").to_numpy())
                 else:

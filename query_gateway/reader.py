@@ -1,16 +1,13 @@
-"""Block reads: matchers with DuckDB over cached series tables, samples with Arrow's Parquet reader.
+"""Block reads with DuckDB: matchers over cached series tables, samples of many blocks in one scan.
 
 - Series: each block's series.parquet is read once and cached (labels, types, the label columns).
   A query's matchers run in ONE DuckDB statement over the series tables of every block it
   touches that has not answered those matchers before; answers are cached per (block, matchers),
   so a dashboard's repeated queries pay no SQL for series at all.
-- Samples: one read per query batch covers every block of a tier segment, blocks in parallel
-  over both cores: projection, row groups pruned on the sorted `series_ref`/`ts` statistics,
-  footers cached, from local files (`query_gateway.filecache`: in place for a local-dir
-  bucket, verified copies otherwise). A query's batches share a `ScanMemo`, so each row group
-  is decoded once per query. Arrow, not DuckDB, since a query reads in many small batches:
-  DuckDB's ~20-28 ms per 30-file statement and its re-decoding of the row groups a batch shares
-  with the next made the gRPC raw read 0.46 s CPU for 3.8 M samples (measured: bench/).
+- Samples: ONE DuckDB statement per query batch reads every block of a tier segment through
+  DuckDB's native Parquet reader (projection, row-group pruning on the sorted `series_ref`/`ts`
+  statistics, parallel over both cores, Parquet metadata cached), from local files
+  (`query_gateway.filecache`: in place for a local-dir bucket, verified copies otherwise).
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import duckdb
@@ -30,32 +26,12 @@ from blocks.labels import METRIC_NAME, Labels
 from blocks.layout import SAMPLES_FILE, SERIES_FILE
 from blocks.meta import BlockMeta, Resolution
 from blocks.objstore import ObjectStore
-from blocks.reader import decode_raw
+from query_gateway.fastxor import _jit
 from blocks.selectors import Matcher, regex_sql
 from blocks.series import label_column, series_labels
 from query_gateway.filecache import LocalFiles
 
 _MAX_REF_RUNS = 32  # ref ranges pushed into the scan; beyond that, one covering range + exact filter
-
-
-class ScanMemo:
-    """One query's held row-group rests: per sample file, the part after the last batch's refs of
-    the row group read last (a query's batches go through each block's series in ref order)."""
-
-    def __init__(self) -> None:
-        self._held: dict[tuple, tuple[int, int, pa.Table]] = {}
-
-    def take(self, path: tuple, group: int, lo: int) -> pa.Table | None:
-        """The kept rows of row group `group` of `path` (a file and its projection; those rows
-        after some ref), if `lo` is after that ref too; else None (read it again)."""
-        hit = self._held.get(path)
-        if hit is None or hit[0] != group or lo <= hit[1]:
-            return None
-        return hit[2]
-
-    def keep(self, path: tuple, group: int, after: int, rest: pa.Table) -> None:
-        """Keep `rest`: the rows of row group `group` with refs after `after`."""
-        self._held[path] = (group, after, rest)
 
 
 class BlockReader:
@@ -66,7 +42,7 @@ class BlockReader:
         self.store = store
         self.files = LocalFiles(store, cache_dir, cache_bytes)
         self._series: OrderedDict[str, tuple[pa.Table, list[Labels], list[str]]] = OrderedDict()
-        self._footers: OrderedDict[str, tuple[pq.FileMetaData, np.ndarray]] = OrderedDict()
+        self._schemas: dict[str, tuple[str, ...]] = {}
         self._matches: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._cache_blocks = cache_blocks
         self._lock = threading.Lock()
@@ -76,8 +52,7 @@ class BlockReader:
                                                       "memory_limit": "128MB", "allocator_flush_threshold": "8MB",
                                                       "allocator_bulk_deallocation_flush_threshold": "8MB"})
         self._local = threading.local()
-        self.reads = 0  # sample reads and DuckDB statements run (tests and the bench watch it)
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="strata-scan")
+        self.statements = 0  # DuckDB statements run (tests and the bench watch it)
 
     # ---- plumbing ----------------------------------------------------------------------------
     def _con(self) -> duckdb.DuckDBPyConnection:
@@ -88,7 +63,7 @@ class BlockReader:
 
     def _sql(self, sql: str, params=None) -> pa.Table:
         with self._lock:
-            self.reads += 1
+            self.statements += 1
         return _arrow(self._con().sql(sql, params=params))
 
     @property
@@ -113,6 +88,7 @@ class BlockReader:
             self._series[meta.ulid] = value
             while len(self._series) > self._cache_blocks:
                 old, _ = self._series.popitem(last=False)
+                self._schemas.pop(old, None)
         return value
 
     def metric_types(self, meta: BlockMeta) -> list[str]:
@@ -192,6 +168,13 @@ class BlockReader:
             con.unregister("series_t")
 
     # ---- samples -------------------------------------------------------------------------------
+    def _columns(self, meta: BlockMeta, path: str) -> tuple[str, ...]:
+        cols = self._schemas.get(meta.ulid)
+        if cols is None:
+            cols = tuple(pq.read_schema(path).names)
+            self._schemas[meta.ulid] = cols
+        return cols
+
     def read(self, meta: BlockMeta, refs: Sequence[int], start: int, end: int) -> pa.Table:
         """Rows of `refs` with start <= ts < end, sorted by (series_ref, ts); raw values decoded,
         tier rows as stored (decode with blocks.tiers.decode_windows)."""
@@ -205,110 +188,109 @@ class BlockReader:
         return [table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(len(items))]
 
     def read_many(self, items: Sequence[tuple[BlockMeta, np.ndarray]], start: int, end: int,
-                  columns: Sequence[str] | None = None, memo: "ScanMemo | None" = None) -> tuple[pa.Table, np.ndarray]:
+                  columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
         """(rows, bounds): block i's rows of its refs with start <= ts < end are rows
         bounds[i]:bounds[i+1], sorted by (series_ref, ts); raw values decoded, tier columns as
-        stored. All blocks of one resolution and format. Each block is read with Arrow's Parquet
-        reader, only the row groups whose `series_ref`/`ts` statistics overlap (footers cached),
-        blocks in parallel over the reader's threads. With a `memo` (one per query), the unread
-        rest of the last row group read of each block is kept for the query's next batch, so a
-        row group is decoded once per query, not once per batch. `columns`: the stored tier
+        stored. All blocks of one resolution and format. ONE DuckDB statement: a multi-file
+        `read_parquet` scan (parallel, metadata cached) pruned by the union of the ref ranges and
+        the time range; each block's exact refs are kept afterwards. `columns`: the stored tier
         columns to read (default all)."""
         items = [(m, np.asarray(r, dtype=np.int64)) for m, r in items]
         raw = bool(items) and items[0][0].resolution == Resolution.RAW
         live = [(i, m, r) for i, (m, r) in enumerate(items) if len(r)]
         if not live:
             return _empty(raw), np.zeros(len(items) + 1, dtype=np.int64)
-        with self._lock:
-            self.reads += 1
+        paths = [self.files.path(m, SAMPLES_FILE) for _, m, _ in live]
+        names = [self._columns(m, p) for (_, m, _), p in zip(live, paths)]
+        if len(set(names)) > 1:  # e.g. raw blocks with and without mantissas: one scan per layout
+            return self._read_by_layout(items, live, names, start, end, columns)
+        if raw:  # decoded in the scan, bit-exact (blocks/FORMAT.md: exact operands, one rounding)
+            cols = _RAW_DECODE if "value_mantissa" in names[0] else "value"
+        else:
+            cols = ", ".join(f'"{c}"' for c in (columns or names[0]) if c not in ("series_ref", "ts"))
+        all_refs = np.unique(np.concatenate([r for _, _, r in live]))
+        files = ", ".join("'" + _quote(p) + "'" for p in paths)
+        table = self._sql(f"SELECT file_index, series_ref, ts, {cols} FROM read_parquet([{files}]) "
+                          f"WHERE ({_ref_ranges(all_refs)}) AND ts >= {int(start)} AND ts < {int(end)}")
+        fi = table.column("file_index").to_numpy().astype(np.int64)
+        refs_all = table.column("series_ref").to_numpy()
+        if len(fi) > 1 and not _is_sorted(fi, refs_all, table.column("ts").to_numpy()):
+            order = np.lexsort((table.column("ts").to_numpy(), refs_all, fi))
+            table = table.take(pa.array(order))
+            fi, refs_all = fi[order], refs_all[order]
+        keep = np.ones(len(fi), dtype=bool)
+        for k, (_, _, refs) in enumerate(live):
+            if not (len(refs) == len(all_refs) and _contiguous(refs)):
+                lo, hi = np.searchsorted(fi, [k, k + 1])
+                keep[lo:hi] = np.isin(refs_all[lo:hi], refs)
+        table = table.drop_columns(["file_index"])
+        if not keep.all():
+            table, fi = table.filter(pa.array(keep)), fi[keep]
+        per_live = np.searchsorted(fi, np.arange(len(live) + 1))
+        counts = np.zeros(len(items), dtype=np.int64)
+        for k, (i, _, _) in enumerate(live):
+            counts[i] = per_live[k + 1] - per_live[k]
+        return table, np.r_[0, np.cumsum(counts)]
 
-        def scan(entry):
-            _, meta, refs = entry
-            return self._scan(meta, refs, start, end, columns, memo)
-
-        tables = list(self._pool.map(scan, live)) if len(live) > 1 else [scan(live[0])]
-        if len({tuple(t.schema.names) for t in tables}) > 1:
+    def _read_by_layout(self, items, live, names, start, end, columns):
+        groups: dict[tuple, list[int]] = {}
+        for k, n in enumerate(names):
+            groups.setdefault(n, []).append(k)
+        parts: dict[int, pa.Table] = {}
+        for ks in groups.values():
+            sub = [items[live[k][0]] for k in ks]
+            table, bounds = self.read_many(sub, start, end, columns)
+            for j, k in enumerate(ks):
+                parts[live[k][0]] = table.slice(bounds[j], bounds[j + 1] - bounds[j])
+        tables = [parts[i] for i in sorted(parts)]
+        if len({tuple(t.schema.names) for t in tables}) > 1:  # tier v1 and v2 side by side
             raise ValueError("blocks of different formats in one read")
         counts = np.zeros(len(items), dtype=np.int64)
-        for (i, _, _), t in zip(live, tables):
+        for i, t in parts.items():
             counts[i] = t.num_rows
-        some = [t for t in tables if t.num_rows]  # (an empty one may differ in nullability)
-        return (pa.concat_tables(some) if some else tables[0]), np.r_[0, np.cumsum(counts)]
+        return pa.concat_tables(tables), np.r_[0, np.cumsum(counts)]
 
-    def _footer(self, path: str) -> tuple[pq.FileMetaData, np.ndarray]:
-        """A sample file's footer and its row groups' [ref min, ts min, ref max, ts max], cached."""
-        with self._lock:
-            hit = self._footers.get(path)
-            if hit is not None:
-                self._footers.move_to_end(path)
-                return hit
-        md = pq.ParquetFile(path).metadata
-        names = md.schema.to_arrow_schema().names
-        cols = (names.index("series_ref"), names.index("ts"))
-        stats = np.empty((md.num_row_groups, 4), dtype=np.int64)
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            for k, c in enumerate(cols):
-                st = rg.column(c).statistics
-                if st is None or not st.has_min_max:  # no statistics: the row group always qualifies
-                    stats[g, k], stats[g, k + 2] = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-                else:
-                    stats[g, k], stats[g, k + 2] = int(st.min), int(st.max)
-        with self._lock:
-            self._footers[path] = (md, stats)
-            while len(self._footers) > 4 * self._cache_blocks:
-                self._footers.popitem(last=False)
-        return md, stats
 
-    def _scan(self, meta: BlockMeta, refs: np.ndarray, start: int, end: int, columns: Sequence[str] | None,
-              memo: "ScanMemo | None") -> pa.Table:
-        """One block's rows of `refs` (sorted) with start <= ts < end, sorted by (series_ref, ts)."""
-        raw = meta.resolution == Resolution.RAW
-        path = self.files.path(meta, SAMPLES_FILE)
-        md, stats = self._footer(path)
-        lo, hi = int(refs[0]), int(refs[-1])
-        groups = np.flatnonzero((stats[:, 2] >= lo) & (stats[:, 0] <= hi) & (stats[:, 3] >= start) &
-                                (stats[:, 1] < end))
-        cols = None if raw or columns is None else ("series_ref", "ts", *[c for c in columns
-                                                                          if c not in ("series_ref", "ts")])
-        parts = []
-        pf = None
-        for g in groups.tolist():
-            t = memo.take((path, cols), g, lo) if memo is not None else None
-            if t is None:
-                if pf is None:
-                    pf = pq.ParquetFile(path, metadata=md)
-                t = pf.read_row_group(g, columns=list(cols) if cols else None, use_threads=False)
-                if raw:
-                    t = decode_raw(t)
-            if memo is not None and stats[g, 2] > hi:  # later batches want the rest of it
-                r = t.column("series_ref").to_numpy()
-                memo.keep((path, cols), g, hi, t.slice(int(np.searchsorted(r, hi + 1))))
-            parts.append(t)
-        if not parts:
-            schema = pq.ParquetFile(path, metadata=md).schema_arrow
-            return _empty(True) if raw else schema.empty_table().select(list(cols or schema.names))
-        t = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        r = t.column("series_ref").to_numpy()
-        a, b = np.searchsorted(r, [lo, hi + 1])
-        t = t.slice(int(a), int(b - a))
-        keep = None
-        if stats[groups, 1].min() < start or stats[groups, 3].max() >= end:  # the range cuts a row group
-            ts = t.column("ts").to_numpy()
-            keep = (ts >= start) & (ts < end)
-        if not _contiguous(refs):
-            inside = np.isin(r[a:b], refs)
-            keep = inside if keep is None else keep & inside
-        if keep is not None and not keep.all():
-            t = t.filter(pa.array(keep))
-        return t
+_RAW_DECODE = ("coalesce(value, value_mantissa::DOUBLE / [" + ", ".join(f"1e{e}" for e in range(16)) +
+               "][value_scale + 1]) AS value")
+
 
 def _safe(label: str) -> str:
     return "l_" + re.sub(r"[^A-Za-z0-9_]", "_", label) + f"_{abs(hash(label)) % 10**8}"
 
 
+def _quote(path: str) -> str:
+    return path.replace("'", "''")
+
+
 def _contiguous(refs: np.ndarray) -> bool:
     return len(refs) == 0 or int(refs[-1]) - int(refs[0]) + 1 == len(refs)
+
+
+def _ref_ranges(refs: np.ndarray) -> str:
+    """`series_ref` ranges covering `refs` (sorted): its contiguous runs, merged to at most 32."""
+    cut = np.flatnonzero(np.diff(refs) > 1) + 1
+    lo, hi = np.r_[refs[0], refs[cut]], np.r_[refs[cut - 1], refs[-1]]
+    if len(lo) > _MAX_REF_RUNS:  # keep the widest gaps as separators, merge across the others
+        gaps = lo[1:] - hi[:-1]
+        sep = np.sort(np.argsort(gaps, kind="stable")[::-1][:_MAX_REF_RUNS - 1])
+        lo, hi = np.r_[lo[0], lo[sep + 1]], np.r_[hi[sep], hi[-1]]
+    return " OR ".join(f"series_ref BETWEEN {int(a)} AND {int(z)}" for a, z in zip(lo, hi))
+
+
+@_jit
+def _is_sorted(b, refs, ts):
+    """Rows strictly increasing by (b, series_ref, ts): DuckDB keeps a scan's file and row order."""
+    for i in range(1, len(b)):
+        if b[i] != b[i - 1]:
+            if b[i] < b[i - 1]:
+                return False
+        elif refs[i] != refs[i - 1]:
+            if refs[i] < refs[i - 1]:
+                return False
+        elif ts[i] <= ts[i - 1]:
+            return False
+    return True
 
 
 def _empty(raw: bool) -> pa.Table:

@@ -329,6 +329,9 @@ def warning_response(text: str) -> bytes:
 def warm_up() -> None:
     """Compile every encoder of the serving path now (server start), with the argument types the
     queries use, so no query pays the compiler (or its memory) later."""
+    from query_gateway.reader import _is_sorted
+
+    _is_sorted(np.zeros(2, np.int64), np.zeros(2, np.uint32), np.arange(2, dtype=np.int64))
     ts = np.array([1000, 2000, 3000], dtype=np.int64)
     v = np.array([1.0, 2.0, 3.5])
     samples_bytes(ts, v)

@@ -111,9 +111,9 @@ def test_repeated_queries_are_served_from_the_caches(bucket):
                      lambda: grpc_series(port, 0), lambda: grpc_series(port, 300_000, (1, 2, 3, 4, 5)),
                      lambda: grpc_series(port, 3_600_000, (5,))):
             first = call()
-            before = engine.reader.reads
+            before = engine.reader.statements
             assert call() == first
-            assert engine.reader.reads == before  # no DuckDB statement the second time
+            assert engine.reader.statements == before  # no DuckDB statement the second time
         assert engine.replay_cache.hits > 0
     finally:
         stop(server, http)
@@ -128,15 +128,15 @@ def test_series_leave_batch_by_batch_and_a_cancelled_call_stops_reading(bucket):
             call = thanos_store_pb2_grpc.StoreStub(ch).Series(req)
             first = next(call)  # the first series arrives while most batches are still unread
             assert first.HasField("series")
-            read_so_far = engine.reader.reads
+            read_so_far = engine.reader.statements
             call.cancel()
             time.sleep(0.5)
         # 30 series in batches of about 2 series: far fewer statements than a full read needs.
         full = Engine(bucket, refresh_s=0, batch_samples=2 * 1440, replay_cache_bytes=0)
         list(full.stream("t1", [Matcher("__name__", "=~", "m.*")], 0, 3 * D - 1, max_resolution_ms=0,
                          raw_chunks=True))
-        assert read_so_far < full.reader.reads
-        assert engine.reader.reads <= read_so_far + 2  # it stopped soon after the cancel
+        assert read_so_far < full.reader.statements
+        assert engine.reader.statements <= read_so_far + 2  # it stopped soon after the cancel
     finally:
         stop(server, http)
     assert threading.active_count() < 100
@@ -256,9 +256,9 @@ def test_queries_too_big_for_memory_are_served_from_the_disk_tier(bucket, tmp_pa
                      lambda: remote_read(url, "", 60_000), lambda: remote_read(url, "", 60_000, True),
                      lambda: grpc_series(port, 0), lambda: grpc_series(port, 300_000, (1, 2, 3, 4, 5))):
             first = call()
-            before = engine.reader.reads
+            before = engine.reader.statements
             assert call() == first
-            assert engine.reader.reads == before
+            assert engine.reader.statements == before
         assert engine.replay_cache.bytes == 0 and engine.replay_cache.disk.hits > 0
         files = list(tmp_path.glob("strata-replay-*/*"))
         assert files and sum(f.stat().st_size for f in files) == engine.replay_cache.disk.bytes
