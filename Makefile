@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/bench_tiers.py
 	$(BIN)/python bench/bench_compact.py
 	$(BIN)/python bench/bench_query.py
+	$(BIN)/python bench/bench_kernels.py
 	$(BIN)/python bench/bench_dashboard.py
 	$(BIN)/python bench/bench_receive.py
 
