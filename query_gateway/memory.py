@@ -13,6 +13,7 @@ import ctypes.util
 
 import pyarrow as pa
 
+
 def _libc():
     name = ctypes.util.find_library("c")
     try:
@@ -39,8 +40,8 @@ def limit_arenas(n: int = 2) -> None:
 
 
 def release() -> None:
-    """Give freed heap memory back to the OS (after a query): glibc's, and Arrow's pool's (the
-    Parquet reads allocate there)."""
+    """Give freed heap memory back to the OS (after a query): glibc's, and Arrow's pool's (series
+    tables and DuckDB's Arrow results live there)."""
     pa.default_memory_pool().release_unused()
     if _LIBC is not None:
         _LIBC.malloc_trim(0)

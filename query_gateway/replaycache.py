@@ -62,7 +62,7 @@ class DiskTier:
                 return
             pending: list = []  # (segment, offset) of the run being gathered, its buffers and keys
             run = None
-            seen = set()
+            seen: set[tuple] = set()
             for key, value, size in todo:
                 if key in self._index or key in seen:
                     continue

@@ -268,7 +268,10 @@ def test_queries_too_big_for_memory_are_served_from_the_disk_tier(bucket, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_disk_tier_round_trip_eviction_and_orphans(tmp_path):
+@pytest.mark.parametrize("batch", [1, 7], ids=["put", "put_many"])
+def test_disk_tier_round_trip_eviction_and_orphans(tmp_path, batch):
+    """Entries written one by one or a batch at a time (put_many: one write per segment, a batch
+    spilling over into new segments) read back the same; the oldest segments go first."""
     import os
     import subprocess
     import sys
@@ -289,10 +292,14 @@ def test_disk_tier_round_trip_eviction_and_orphans(tmp_path):
         assert not orphan.exists() and live.exists()  # a dead gateway's tier goes, a live one's stays
         rng = np.random.default_rng(3)
         values = {}
+        pending = []
         for k in range(40):
             v = (rng.integers(-2**62, 2**62, 30), rng.normal(size=30), np.arange(k, dtype=np.uint8), np.zeros(0))
-            tier.put(("b", k, "raw"), v)
             values[k] = v
+            pending.append((("b", k, "raw"), v))
+            if len(pending) == batch or k == 39:
+                tier.put_many(pending)
+                pending = []
         kept = [k for k in values if tier.get(("b", k, "raw")) is not None]
         assert kept == list(range(40 - len(kept), 40)) and 0 < len(kept) < 40  # the oldest segments went
         for k in kept:
@@ -303,6 +310,10 @@ def test_disk_tier_round_trip_eviction_and_orphans(tmp_path):
         assert sum(f.stat().st_size for f in (tmp_path / os.path.basename(tier.dir)).iterdir()) == tier.bytes
         tier.close()
         assert tier.get(("b", kept[-1], "raw")) is None
+        twice = DiskTier(1 << 20, str(tmp_path))
+        twice.put_many([(("b", 0, "raw"), values[0]), (("b", 0, "raw"), values[0])])  # written once
+        assert twice.bytes == sum(a.nbytes for a in values[0])
+        twice.close()
     finally:
         replaycache.SEGMENT_BYTES = old_segment
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
