@@ -42,9 +42,6 @@ class DiskTier:
         self._lock = threading.Lock()
         atexit.register(self.close)
 
-    def put(self, key: tuple, value: tuple[np.ndarray, ...]) -> None:
-        self.put_many([(key, value)])
-
     def put_many(self, entries: list[tuple[tuple, tuple[np.ndarray, ...]]]) -> None:
         """Write entries (key, arrays): appended to the newest segment, one write per segment
         touched (a query batch's thousands of entries cost a few syscalls, not one per array)."""
@@ -85,9 +82,7 @@ class DiskTier:
             if run is not None:
                 pending.append(run)
             for seg, offset, bufs, keys in pending:
-                entry = self._segments.get(seg)
-                if entry is None:
-                    continue
+                entry = self._segments[seg]
                 try:
                     _pwrite_all(entry[0], bufs, offset)
                 except OSError:  # disk full or gone: these entries are simply not cached
@@ -225,12 +220,9 @@ class ReplayCache:
             self.misses += 1
         return None
 
-    def put(self, key: tuple, value: tuple[np.ndarray, ...], *, memory: bool = True) -> None:
-        """Keep an entry: in memory (unless `memory` is false) and on disk (if there is one)."""
-        self.put_many([(key, value)], memory=memory)
-
     def put_many(self, entries: list[tuple[tuple, tuple[np.ndarray, ...]]], *, memory: bool = True) -> None:
-        """Keep entries (key, arrays), as `put` does each; the disk tier writes them in one go."""
+        """Keep entries (key, arrays): in memory (unless `memory` is false) and on disk (if there
+        is one; it writes them in one go)."""
         if self.disk is not None:
             self.disk.put_many(entries)
         if not memory:

@@ -325,5 +325,5 @@ def test_no_writable_directory_means_no_disk_tier(tmp_path):
     cache = ReplayCache(1 << 20, 1 << 20, str(tmp_path / "missing"))
     assert cache.disk is None
     value = (np.arange(5), np.ones(5))
-    cache.put(("b", 1, "raw"), value)
+    cache.put_many([(("b", 1, "raw"), value)])
     assert cache.get(("b", 1, "raw")) is value
