@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 from pathlib import Path
@@ -38,6 +39,15 @@ def _release_freed_memory() -> None:
         pa.jemalloc_set_decay_ms(0)
     except NotImplementedError:
         pass
+
+
+def _freeze_startup_objects() -> None:
+    """Move everything start-up made (modules, functions, compiled encoders: ~170k objects) out
+    of the garbage collector's view. Full collections then walk only what queries made since:
+    measured on the dashboard data, they took 43-68 ms each and landed inside queries (a warm
+    5m gRPC Series answered its first series after ~60 ms instead of ~6 ms)."""
+    gc.collect()
+    gc.freeze()
 
 
 @app.command("serve")
@@ -96,6 +106,7 @@ def serve_cmd(bucket: BucketOpt = None, config: ConfigOpt = None,
                                         access_log=access_log, slow_query_s=gw.slow_query_s)
     http_server, http_port = serve_http(gw, http_listen)
     store.list("_strata/index/")  # the bucket answers: ready
+    _freeze_startup_objects()
     gw.ready.set()
     log("gateway", "ready", grpc_port=grpc_port, http_port=http_port)
     stop = threading.Event()
