@@ -38,7 +38,14 @@ BATCH_SAMPLES = 750_000  # raw samples per read batch (tier windows weigh TIER_R
 # copies and the encoded body) as XOR chunks or aggregates do: its batches are half as big.
 # Measured over the dashboard panels: peak RSS +234 MiB over the start instead of +277.
 REPLAY_BATCH_DIVISOR = 2
-TIER_ROW_WEIGHT = 4  # a window read and decoded takes about 4x a raw sample's memory (projected, replayed)
+# Raw samples read as XOR chunks are streamed in pieces (BlockReader.read_pieces) and kept as
+# chunks (~2-6 bytes a sample, not the ~50 of a read row and its arrays): a batch holds this
+# many times more of them, and each row group is decoded by fewer statements.
+RAW_CHUNK_BATCH_FACTOR = 4
+TIER_ROW_WEIGHT = 4  # a window read, decoded and replayed takes about 4x a raw sample's memory
+# Windows read for given logical columns (gRPC aggregates) are streamed in pieces too, and what a
+# batch keeps is those columns (~28 bytes a window), not the stored row: half the weight.
+PROJECTED_TIER_ROW_WEIGHT = 2
 REPLAY_CACHE_BYTES = 96 << 20
 XOR_BYTES_PER_SAMPLE = 2  # a raw sample as a cached XOR chunk: ~1.4 bytes, plus chunk bookkeeping
 REPLAY_BYTES_PER_SAMPLE = 24  # a replayed sample in the cache: ts + value, plus a share of overheads
@@ -291,13 +298,15 @@ class SeriesStream:
         segs = self.plan.segments
         full = self.engine.batch_samples // (REPLAY_BATCH_DIVISOR if self.replay and not self.raw_chunks else 1)
         budget = max(1, full // 16)
+        raw_weight = 1 / RAW_CHUNK_BATCH_FACTOR if self.raw_chunks else 1
+        tier_weight = PROJECTED_TIER_ROW_WEIGHT if self.columns is not None and not self.replay else TIER_ROW_WEIGHT
         batch: list[Labels] = []
         acc = 0.0
         for lab in self.labels:
             batch.append(lab)
             for si, bi, _ in self._entries[lab]:
                 m = segs[si].blocks[bi]
-                acc += m.stats.rows / max(1, m.stats.series) * (TIER_ROW_WEIGHT if m.resolution_ms else 1)
+                acc += m.stats.rows / max(1, m.stats.series) * (tier_weight if m.resolution_ms else raw_weight)
             if acc >= budget:
                 yield batch
                 batch, acc, budget = [], 0.0, full
@@ -332,29 +341,30 @@ class SeriesStream:
                 continue
             items = [(seg.blocks[bi], np.array(sorted(missing[(si, bi)]), dtype=np.int64)) for _, bi in keys]
             lo, hi = min(m.min_time for m, _ in items), max(m.max_time for m, _ in items)
-            table, bounds = self.engine.reader.read_many(items, lo, hi)
-            self._count_in_range(si, table.column("ts").to_numpy())
-            refs = table.column("series_ref").to_numpy(zero_copy_only=False)
-            row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
-            start = np.ones(len(refs), dtype=bool)
-            start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
-            run_starts = np.flatnonzero(start)
-            run_ends = np.r_[run_starts[1:], len(refs)]
-            buf, offsets, mins, maxs = encode_runs(table.column("ts").to_numpy(), table.column("value").to_numpy(),
-                                                   run_starts, run_ends)
-            per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
-            c = np.r_[0, np.cumsum(per_run)]
             in_memory, keep = cache.admits(self.estimate * XOR_BYTES_PER_SAMPLE)
-            entries = []
-            for k, r0 in enumerate(run_starts):
-                bi = keys[int(row_block[r0])][1]
-                a, b = int(c[k]), int(c[k + 1])
-                value = (buf[offsets[a]:offsets[b]].copy(), offsets[a:b + 1] - offsets[a], mins[a:b].copy(),
-                         maxs[a:b].copy())
-                if keep:
-                    entries.append(((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value))
-                got[(si, bi, int(refs[r0]))] = value
-            cache.put_many(entries, memory=in_memory)
+            # streamed in pieces: memory is a piece plus the chunks, so a batch can read much more
+            for table, bounds in self.engine.reader.read_pieces(items, lo, hi):
+                self._count_in_range(si, table.column("ts").to_numpy())
+                refs = table.column("series_ref").to_numpy(zero_copy_only=False)
+                row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
+                start = np.ones(len(refs), dtype=bool)
+                start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+                run_starts = np.flatnonzero(start)
+                run_ends = np.r_[run_starts[1:], len(refs)]
+                buf, offsets, mins, maxs = encode_runs(table.column("ts").to_numpy(),
+                                                       table.column("value").to_numpy(), run_starts, run_ends)
+                per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
+                c = np.r_[0, np.cumsum(per_run)]
+                entries = []
+                for k, r0 in enumerate(run_starts):
+                    bi = keys[int(row_block[r0])][1]
+                    a, b = int(c[k]), int(c[k + 1])
+                    value = (buf[offsets[a]:offsets[b]].copy(), offsets[a:b + 1] - offsets[a], mins[a:b].copy(),
+                             maxs[a:b].copy())
+                    if keep:
+                        entries.append(((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value))
+                    got[(si, bi, int(refs[r0]))] = value
+                cache.put_many(entries, memory=in_memory)
         return got
 
     def _chunk_part(self, si: int, entries: list[tuple]) -> Part:
@@ -414,32 +424,32 @@ class SeriesStream:
                 sub = [items[k] for k in group]
                 meta0 = sub[0][0]
                 cols = None if seg.resolution == Resolution.RAW else stored_for(self.replay_columns, meta0.version)
-                table, bounds = self.engine.reader.read_many(sub, lo, hi, cols)
-                self._count_in_range(si, table.column("ts").to_numpy())
-                if seg.resolution == Resolution.RAW:
-                    arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
-                else:
-                    arrays = decode_logical(table, meta0.resolution_ms, meta0.version, self.replay_columns)
-                    arrays.pop("series_ref")
-                refs = table.column("series_ref").to_numpy(zero_copy_only=False)
-                # parts: one per (block, series), in row order
-                row_block = np.repeat(np.arange(len(group)), np.diff(bounds))
-                part_start = np.ones(len(refs), dtype=bool)
-                part_start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
-                first_rows = np.flatnonzero(part_start)
-                owners = [(items[group[int(row_block[r])]][0], keys[group[int(row_block[r])]][1], int(refs[r]))
-                          for r in first_rows]
-                if seg.resolution == Resolution.RAW:
-                    ends = np.r_[first_rows[1:], len(refs)]
-                    values = [(arrays["ts"][a:e].astype(np.int64), arrays["value"][a:e].astype(np.float64))
-                              for a, e in zip(first_rows, ends)]
-                else:
-                    values = self.replay(arrays, part_start, int(seg.resolution)).split(len(owners))
-                for (meta, bi, ref), value in zip(owners, values):
-                    got[(si, bi, ref)] = value
-                if keep:
-                    cache.put_many([((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
-                                    for (meta, _, ref), value in zip(owners, values)], memory=in_memory)
+                for table, bounds in self.engine.reader.read_pieces(sub, lo, hi, cols):
+                    self._count_in_range(si, table.column("ts").to_numpy())
+                    if seg.resolution == Resolution.RAW:
+                        arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
+                    else:
+                        arrays = decode_logical(table, meta0.resolution_ms, meta0.version, self.replay_columns)
+                        arrays.pop("series_ref")
+                    refs = table.column("series_ref").to_numpy(zero_copy_only=False)
+                    # parts: one per (block, series), in row order
+                    row_block = np.repeat(np.arange(len(group)), np.diff(bounds))
+                    part_start = np.ones(len(refs), dtype=bool)
+                    part_start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+                    first_rows = np.flatnonzero(part_start)
+                    owners = [(items[group[int(row_block[r])]][0], keys[group[int(row_block[r])]][1], int(refs[r]))
+                              for r in first_rows]
+                    if seg.resolution == Resolution.RAW:
+                        ends = np.r_[first_rows[1:], len(refs)]
+                        values = [(arrays["ts"][a:e].astype(np.int64), arrays["value"][a:e].astype(np.float64))
+                                  for a, e in zip(first_rows, ends)]
+                    else:
+                        values = self.replay(arrays, part_start, int(seg.resolution)).split(len(owners))
+                    for (meta, bi, ref), value in zip(owners, values):
+                        got[(si, bi, ref)] = value
+                    if keep:
+                        cache.put_many([((meta.ulid, ref, self.replay_key if meta.resolution_ms else "raw"), value)
+                                        for (meta, _, ref), value in zip(owners, values)], memory=in_memory)
             self.engine._check_samples(self.samples_read)
         yield from self._assembled(batch, got, chunked)
 
@@ -560,32 +570,32 @@ class SeriesStream:
                 meta = items[group[0]][0]
                 cols = None if seg.resolution == Resolution.RAW or self.columns is None else \
                     stored_for(self.columns, meta.version)
-                table, bounds = self.engine.reader.read_many([items[k] for k in group], lo, hi, cols)
-                if whole:
-                    self._count_in_range(si, table.column("ts").to_numpy())
-                else:
-                    self.samples_read += table.num_rows
-                if seg.resolution == Resolution.RAW:
-                    arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
-                elif self.columns is None:
-                    arrays = decode_windows(table, meta.resolution_ms, meta.version).logical()
-                    arrays.pop("series_ref")
-                else:
-                    arrays = decode_logical(table, meta.resolution_ms, meta.version, self.columns)
-                    arrays.pop("series_ref")
-                slot = len(arrays_of)
-                arrays_of[slot] = arrays
-                refs = table.column("series_ref").to_numpy(zero_copy_only=False)
-                entries = []
-                for j, k in enumerate(group):
-                    a, b = int(bounds[j]), int(bounds[j + 1])
-                    if b > a:
-                        for ref, (off, n) in split_by_ref_array(refs[a:b]).items():
-                            spans[(si, keys[k][1], ref)] = (slot, a + off, n)
-                            if whole:
-                                entries.append(((items[k][0].ulid, ref, tier_key),
-                                                tuple(np.array(arrays[c][a + off:a + off + n]) for c in tier_names)))
-                cache.put_many(entries, memory=in_memory)
+                for table, bounds in self.engine.reader.read_pieces([items[k] for k in group], lo, hi, cols):
+                    if whole:
+                        self._count_in_range(si, table.column("ts").to_numpy())
+                    else:
+                        self.samples_read += table.num_rows
+                    if seg.resolution == Resolution.RAW:
+                        arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
+                    elif self.columns is None:
+                        arrays = decode_windows(table, meta.resolution_ms, meta.version).logical()
+                        arrays.pop("series_ref")
+                    else:
+                        arrays = decode_logical(table, meta.resolution_ms, meta.version, self.columns)
+                        arrays.pop("series_ref")
+                    slot = len(arrays_of)
+                    arrays_of[slot] = arrays
+                    refs = table.column("series_ref").to_numpy(zero_copy_only=False)
+                    entries = []
+                    for j, k in enumerate(group):
+                        a, b = int(bounds[j]), int(bounds[j + 1])
+                        if b > a:
+                            for ref, (off, n) in split_by_ref_array(refs[a:b]).items():
+                                spans[(si, keys[k][1], ref)] = (slot, a + off, n)
+                                if whole:
+                                    copy = tuple(np.array(arrays[c][a + off:a + off + n]) for c in tier_names)
+                                    entries.append(((items[k][0].ulid, ref, tier_key), copy))
+                    cache.put_many(entries, memory=in_memory)
             self.engine._check_samples(self.samples_read)
         for lab in batch:
             out = SeriesData(lab, self._types[lab])
