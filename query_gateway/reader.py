@@ -7,7 +7,9 @@
 - Samples: ONE DuckDB statement per query batch reads every block of a tier segment through
   DuckDB's native Parquet reader (projection, row-group pruning on the sorted `series_ref`/`ts`
   statistics, parallel over both cores, Parquet metadata cached), from local files
-  (`query_gateway.filecache`: in place for a local-dir bucket, verified copies otherwise).
+  (`query_gateway.filecache`: in place for a local-dir bucket, verified copies otherwise). The
+  engine consumes it in pieces of whole (block, series) runs as DuckDB produces them
+  (`read_pieces`), so a batch's memory is what it makes of the rows, not the rows.
 """
 
 from __future__ import annotations

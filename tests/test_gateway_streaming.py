@@ -38,13 +38,19 @@ def values(refs, ts):
     return np.where(refs % 2 == 0, (i * (refs + 1)) % 5000, np.round(np.sin(i / 30.0 + refs) * 100, 2))
 
 
+def three_days(store, names, *, types=None, options=None) -> None:
+    """Day blocks 0..2 of `names` at one sample a minute (`options`: the writer's, per day)."""
+    for day in range(3):
+        kw = {"options": options(day)} if options else {}
+        make_block(store, "t1", series=names, min_time=day * D, max_time=(day + 1) * D, step_ms=STEP,
+                   values_fn=values, types=types, **kw)
+
+
 @pytest.fixture(scope="module")
 def bucket(tmp_path_factory):
     store = open_store(str(tmp_path_factory.mktemp("stream") / "bucket"))
     names = [f'm{k}{{job="j",i="{i}"}}' for k in range(3) for i in range(10)]
-    for day in range(3):
-        make_block(store, "t1", series=names, min_time=day * D, max_time=(day + 1) * D, step_ms=STEP,
-                   values_fn=values, types=["counter" if k % 2 == 0 else "gauge" for k in range(3) for _ in range(10)])
+    three_days(store, names, types=["counter" if k % 2 == 0 else "gauge" for k in range(3) for _ in range(10)])
     run_once(store, 3 * D + 7_200_000)
     return store
 
@@ -207,9 +213,7 @@ def two_layouts(tmp_path_factory):
 
     store = open_store(str(tmp_path_factory.mktemp("layouts") / "bucket"))
     names = [f'm{k}{{job="j",i="{i}"}}' for k in range(2) for i in range(9)]
-    for day in range(3):
-        make_block(store, "t1", series=names, min_time=day * D, max_time=(day + 1) * D, step_ms=STEP,
-                   values_fn=values, options=WriterOptions(value_encoding="float" if day == 1 else "decimal"))
+    three_days(store, names, options=lambda day: WriterOptions(value_encoding="float" if day == 1 else "decimal"))
     return store
 
 
@@ -287,9 +291,7 @@ def overlapping_bucket(tmp_path_factory):
     store = open_store(str(tmp_path_factory.mktemp("overlap") / "bucket"))
     names = [f'm{k}{{job="j",i="{i}"}}' for k in range(3) for i in range(6)]
     kinds = ["counter" if k % 2 == 0 else "gauge" for k in range(3) for _ in range(6)]
-    for day in range(3):
-        make_block(store, "t1", series=names, min_time=day * D, max_time=(day + 1) * D, step_ms=STEP,
-                   values_fn=values, types=kinds)
+    three_days(store, names, types=kinds)
     run_once(store, 3 * D + 7_200_000)
     make_block(store, "t1", series=names[::2], min_time=D + 3_600_000, max_time=D + 5 * 3_600_000, step_ms=45_000,
                values_fn=lambda r, t: values(r, t) + 0.5, types=kinds[::2])
