@@ -344,15 +344,15 @@ class SeriesStream:
             in_memory, keep = cache.admits(self.estimate * XOR_BYTES_PER_SAMPLE)
             # streamed in pieces: memory is a piece plus the chunks, so a batch can read much more
             for table, bounds in self.engine.reader.read_pieces(items, lo, hi):
-                self._count_in_range(si, table.column("ts").to_numpy())
+                ts = table.column("ts").to_numpy()
+                self._count_in_range(si, ts)
                 refs = table.column("series_ref").to_numpy(zero_copy_only=False)
                 row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
                 start = np.ones(len(refs), dtype=bool)
                 start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
                 run_starts = np.flatnonzero(start)
                 run_ends = np.r_[run_starts[1:], len(refs)]
-                buf, offsets, mins, maxs = encode_runs(table.column("ts").to_numpy(),
-                                                       table.column("value").to_numpy(), run_starts, run_ends)
+                buf, offsets, mins, maxs = encode_runs(ts, table.column("value").to_numpy(), run_starts, run_ends)
                 per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
                 c = np.r_[0, np.cumsum(per_run)]
                 entries = []
@@ -425,9 +425,10 @@ class SeriesStream:
                 meta0 = sub[0][0]
                 cols = None if seg.resolution == Resolution.RAW else stored_for(self.replay_columns, meta0.version)
                 for table, bounds in self.engine.reader.read_pieces(sub, lo, hi, cols):
-                    self._count_in_range(si, table.column("ts").to_numpy())
+                    ts = table.column("ts").to_numpy()
+                    self._count_in_range(si, ts)
                     if seg.resolution == Resolution.RAW:
-                        arrays = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ts", "value")}
+                        arrays = {"ts": ts, "value": table.column("value").to_numpy(zero_copy_only=False)}
                     else:
                         arrays = decode_logical(table, meta0.resolution_ms, meta0.version, self.replay_columns)
                         arrays.pop("series_ref")

@@ -1,8 +1,8 @@
 """Compiled (numba) per-sample encoders of the serving path: Prometheus XOR chunks, many at once.
 
-`encode_chunks_into` writes every 120-sample chunk of a sample run into one byte buffer, byte
+`encode_runs` writes every 120-sample chunk of many sample runs into one byte buffer, byte
 for byte what `query_gateway.xor.encode_xor` (the pure-Python oracle, kept for tests) and
-Prometheus's `tsdb/chunkenc/xor.go` write. Measured on this machine (bench/bench_dashboard.py):
+Prometheus's `tsdb/chunkenc/xor.go` write. Measured on this machine (bench/bench_kernels.py):
 the pure-Python encoder does ~0.25 M samples/s, this one ~70 M samples/s on one core
 (count-leading/trailing-zeros as LLVM intrinsics; with bit loops it did ~43 M).
 

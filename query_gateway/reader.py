@@ -180,18 +180,6 @@ class BlockReader:
             self._schemas[meta.ulid] = cols
         return cols
 
-    def read(self, meta: BlockMeta, refs: Sequence[int], start: int, end: int) -> pa.Table:
-        """Rows of `refs` with start <= ts < end, sorted by (series_ref, ts); raw values decoded,
-        tier rows as stored (decode with blocks.tiers.decode_windows)."""
-        return self.read_blocks([(meta, np.asarray(refs, dtype=np.int64))], start, end)[0]
-
-    def read_blocks(self, items: Sequence[tuple[BlockMeta, np.ndarray]], start: int, end: int,
-                    columns: Sequence[str] | None = None) -> list[pa.Table]:
-        """For each (block, sorted refs): its rows of those refs with start <= ts < end, sorted by
-        (series_ref, ts); raw values decoded. See `read_many`."""
-        table, bounds = self.read_many(items, start, end, columns)
-        return [table.slice(bounds[i], bounds[i + 1] - bounds[i]) for i in range(len(items))]
-
     def read_many(self, items: Sequence[tuple[BlockMeta, np.ndarray]], start: int, end: int,
                   columns: Sequence[str] | None = None) -> tuple[pa.Table, np.ndarray]:
         """(rows, bounds): block i's rows of its refs with start <= ts < end are rows
@@ -250,38 +238,39 @@ class BlockReader:
 
     def _pieces(self, rel, live, all_refs: np.ndarray, n_items: int, piece_rows: int):
         fetch = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader
-        held: list[pa.RecordBatch] = []
+        held: list[tuple[pa.RecordBatch, np.ndarray, np.ndarray]] = []  # batch, its files, its refs
         held_rows = 0
         last = None  # (file, ref, ts) of the last row seen: DuckDB keeps a scan's file and row order
         for batch in fetch(min(piece_rows, 1 << 17)):
             if batch.num_rows == 0:
                 continue
-            fi = batch.column(0).to_numpy()
+            fi = batch.column(0).to_numpy().astype(np.int64)
             refs = batch.column(1).to_numpy()
             ts = batch.column(2).to_numpy()
             first = (int(fi[0]), int(refs[0]), int(ts[0]))
             if not _is_sorted(fi, refs, ts) or (last is not None and first <= last):
                 raise RuntimeError("DuckDB returned a scan out of file/row order")
             last = (int(fi[-1]), int(refs[-1]), int(ts[-1]))
-            held.append(batch)
+            held.append((batch, fi, refs))
             held_rows += batch.num_rows
             if held_rows < piece_rows:
                 continue
-            table = pa.Table.from_batches(held)
-            fi_all = table.column("file_index").to_numpy().astype(np.int64)
-            refs_all = table.column("series_ref").to_numpy()
+            fi_all = np.concatenate([h[1] for h in held])
+            refs_all = np.concatenate([h[2] for h in held])
             # the last (file, series) run may go on in the next batch: held back
             change = np.flatnonzero((fi_all[1:] != fi_all[:-1]) | (refs_all[1:] != refs_all[:-1]))
             cut = int(change[-1]) + 1 if len(change) else 0
             if cut == 0:
                 continue
-            rest = table.slice(cut)
-            held, held_rows = rest.to_batches(), rest.num_rows
+            table = pa.Table.from_batches([h[0] for h in held])
+            rest = table.slice(cut).combine_chunks()  # one run at most: one batch
+            held = [(rest.to_batches()[0], fi_all[cut:], refs_all[cut:])]
+            held_rows = rest.num_rows
             yield _exact(table.slice(0, cut), fi_all[:cut], refs_all[:cut], live, all_refs, n_items)
         if held_rows:
-            table = pa.Table.from_batches(held)
-            yield _exact(table, table.column("file_index").to_numpy().astype(np.int64),
-                         table.column("series_ref").to_numpy(), live, all_refs, n_items)
+            table = pa.Table.from_batches([h[0] for h in held])
+            yield _exact(table, np.concatenate([h[1] for h in held]), np.concatenate([h[2] for h in held]),
+                         live, all_refs, n_items)
 
     def _scan(self, items, start: int, end: int, columns):
         """The samples statement over items' blocks: None (nothing to read), the per-block layouts
