@@ -499,9 +499,14 @@ class SeriesStream:
                 cuts.append(None)
                 arrays.append(None)
                 continue
-            ts, v, own = main[si].arrays()
             sts, sv, sown = spare[si].arrays()
             overlap = any(b.min_time < a.max_time for a, b in zip(seg.blocks, seg.blocks[1:]))
+            if not overlap and not len(sts):  # the usual case: runs back to back, in order
+                ts, v = main[si].values()
+                cuts.append(main[si].cuts(len(batch)))
+                arrays.append((ts, v))
+                continue
+            ts, v, own = main[si].arrays()
             sblk = np.zeros(0, dtype=np.int64)
             if len(sts):  # spares of the windows where a query range starts
                 res = seg.blocks[0].resolution_ms
@@ -663,14 +668,23 @@ class _Gather:
     def _lens(self) -> np.ndarray:
         return np.fromiter(map(len, self.ts), dtype=np.int64, count=len(self.ts))
 
+    def values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ts, values) of every sample."""
+        if not self.ts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return np.concatenate(self.ts).astype(np.int64, copy=False), \
+            np.concatenate(self.v).astype(np.float64, copy=False)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ts, values, owner) of every sample."""
-        if not self.ts:
-            z = np.zeros(0, dtype=np.int64)
-            return z, np.zeros(0), z
-        ts = np.concatenate(self.ts).astype(np.int64, copy=False)
-        v = np.concatenate(self.v).astype(np.float64, copy=False)
+        ts, v = self.values()
         return ts, v, np.repeat(np.asarray(self.own, dtype=np.int64), self._lens())
+
+    def cuts(self, n_owners: int) -> np.ndarray:
+        """Where each owner's samples start in `values()` (and the end): owners were added in
+        order, so this is the running sum of their runs' lengths (no per-sample owner array)."""
+        per_owner = np.bincount(np.asarray(self.own, dtype=np.int64), weights=self._lens(), minlength=n_owners)
+        return np.r_[0, np.cumsum(per_owner.astype(np.int64))]
 
     def blocks(self) -> np.ndarray:
         """The block index of every sample."""

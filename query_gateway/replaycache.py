@@ -12,10 +12,12 @@ Two tiers:
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
 import shutil
 import tempfile
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -38,6 +40,7 @@ class DiskTier:
         self.hits = 0
         self._index: dict[tuple, tuple[int, int, tuple]] = {}        # key -> (segment, offset, layout)
         self._segments: OrderedDict[int, list] = OrderedDict()       # segment -> [fd, size, keys]
+        self._maps: dict[int, tuple[weakref.ref, int]] = {}          # segment -> (its mapping, length)
         self._next = 0
         self._lock = threading.Lock()
         atexit.register(self.close)
@@ -95,27 +98,46 @@ class DiskTier:
                 self._drop_oldest()
 
     def get(self, key: tuple) -> tuple[np.ndarray, ...] | None:
+        """The entry's arrays: read-only views of its segment file mapped into memory (no copy;
+        the page cache holds the bytes). A mapping lives as long as views of it do, so a
+        query's batch maps each segment once and unmaps it when the batch is done with its
+        arrays: the pages count in the gateway's RSS only meanwhile. (pread copied every entry
+        once more: on the dashboard's warm raw panels that copy was a sixth of the gateway's CPU.)"""
         with self._lock:
             found = self._index.get(key)
             if found is None:
                 return None
             seg, offset, layout = found
-            fd = self._segments[seg][0]
             size = sum(np.dtype(d).itemsize * n for d, n in layout)
             try:
-                buf = os.pread(fd, size, offset)
-            except OSError:
+                mapped = self._mapped(seg, offset + size)
+            except (OSError, ValueError):
                 return None
             self.hits += 1
-        out, pos = [], 0
+        out, pos = [], offset
         for d, n in layout:
             dt = np.dtype(d)
-            out.append(np.frombuffer(buf, dtype=dt, count=n, offset=pos))
+            out.append(np.frombuffer(mapped, dtype=dt, count=n, offset=pos))
             pos += dt.itemsize * n
         return tuple(out)
 
+    def _mapped(self, seg: int, end: int) -> mmap.mmap:
+        """Segment `seg` mapped read-only up to at least `end` (under the lock): the mapping
+        still alive from an earlier get, or a new one of the file as written so far."""
+        held = self._maps.get(seg)
+        mapped = held[0]() if held is not None and held[1] >= end else None
+        if mapped is None:
+            fd = self._segments[seg][0]
+            length = os.fstat(fd).st_size
+            if length < end:
+                raise ValueError("segment shorter than its index")
+            mapped = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+            self._maps[seg] = (weakref.ref(mapped), length)
+        return mapped
+
     def _drop_oldest(self) -> None:
         seg, (fd, size, keys) = self._segments.popitem(last=False)
+        self._maps.pop(seg, None)  # a live mapping stays valid for its views, file gone or not
         for k in keys:
             self._index.pop(k, None)
         self.bytes -= size
@@ -135,6 +157,7 @@ class DiskTier:
                     pass
             self._segments.clear()
             self._index.clear()
+            self._maps.clear()
             if self.dir is not None:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 self.dir = None

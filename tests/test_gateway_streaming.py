@@ -403,6 +403,51 @@ def test_disk_tier_round_trip_eviction_and_orphans(tmp_path, batch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
 
 
+def test_disk_tier_hits_are_views_of_a_mapping_that_lives_as_long_as_they_do(tmp_path):
+    """Hits are read-only views of the segment mapped into memory (no copy): an entry written
+    after its segment was mapped is still found (mapped again, longer); views stay valid after
+    their segment is evicted and after close; the mapping goes once its views do."""
+    import gc
+    import mmap
+    import weakref
+
+    from query_gateway import replaycache
+    from query_gateway.replaycache import DiskTier
+
+    old_segment = replaycache.SEGMENT_BYTES
+    replaycache.SEGMENT_BYTES = 4096
+    try:
+        tier = DiskTier(2 * 4096, str(tmp_path))
+        first = (np.arange(100, dtype=np.int64), np.linspace(0, 1, 100))
+        tier.put_many([(("b", 0, "raw"), first)])
+        got0 = tier.get(("b", 0, "raw"))
+        assert not got0[0].flags.writeable
+        second = (np.arange(50, dtype=np.int64) * 7, np.full(50, 2.5))
+        tier.put_many([(("b", 1, "raw"), second)])  # same segment, past what was mapped
+        got1 = tier.get(("b", 1, "raw"))
+        assert all(np.array_equal(a, b) for a, b in zip(got1, second))
+        for k in range(2, 12):  # evicts segment 0 (its file is removed)
+            tier.put_many([(("b", k, "raw"), (np.arange(200, dtype=np.int64), np.ones(200)))])
+        assert tier.get(("b", 0, "raw")) is None
+        assert all(np.array_equal(a, b) for a, b in zip(got0, first))  # still readable
+        kept = next(k for k in range(2, 12) if tier.get(("b", k, "raw")) is not None)
+        late = tier.get(("b", kept, "raw"))
+        mapping = weakref.ref(late[0].base.obj)  # array -> memoryview -> mmap
+        assert isinstance(mapping(), mmap.mmap)
+        del late
+        gc.collect()
+        assert mapping() is None  # the tier itself keeps no mapping alive
+        late = tier.get(("b", kept, "raw"))  # mapped again
+        tier.close()
+        assert np.array_equal(late[0], np.arange(200)) and np.array_equal(late[1], np.ones(200))
+        evicted = weakref.ref(got0[0].base.obj)
+        del got0, got1
+        gc.collect()
+        assert evicted() is None
+    finally:
+        replaycache.SEGMENT_BYTES = old_segment
+
+
 def test_no_writable_directory_means_no_disk_tier(tmp_path):
     from query_gateway.replaycache import ReplayCache
 
