@@ -38,7 +38,7 @@ class DiskTier:
         self.dir = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=directory)
         self.bytes = 0
         self.hits = 0
-        self._index: dict[tuple, tuple[int, int, tuple]] = {}        # key -> (segment, offset, layout)
+        self._index: dict[tuple, tuple[int, int, tuple, int]] = {}   # key -> (segment, offset, layout, size)
         self._segments: OrderedDict[int, list] = OrderedDict()       # segment -> [fd, size, keys]
         self._maps: dict[int, tuple[weakref.ref, int]] = {}          # segment -> (its mapping, length)
         self._next = 0
@@ -80,7 +80,7 @@ class DiskTier:
                 if run is None:
                     run = (seg, entry[1], [], [])
                 run[2].extend(memoryview(np.ascontiguousarray(a)).cast("B") for a in value)
-                run[3].append((key, entry[1], tuple((a.dtype.str, len(a)) for a in value), size))
+                run[3].append((key, entry[1], tuple((a.dtype, len(a)) for a in value), size))
                 entry[1] += size  # reserved now, indexed once written
             if run is not None:
                 pending.append(run)
@@ -91,7 +91,7 @@ class DiskTier:
                 except OSError:  # disk full or gone: these entries are simply not cached
                     continue
                 for key, at, layout, size in keys:
-                    self._index[key] = (seg, at, layout)
+                    self._index[key] = (seg, at, layout, size)
                     entry[2].append(key)
                     self.bytes += size
             while self.bytes > self.max_bytes and len(self._segments) > 1:
@@ -107,16 +107,14 @@ class DiskTier:
             found = self._index.get(key)
             if found is None:
                 return None
-            seg, offset, layout = found
-            size = sum(np.dtype(d).itemsize * n for d, n in layout)
+            seg, offset, layout, size = found
             try:
                 mapped = self._mapped(seg, offset + size)
             except (OSError, ValueError):
                 return None
             self.hits += 1
         out, pos = [], offset
-        for d, n in layout:
-            dt = np.dtype(d)
+        for dt, n in layout:
             out.append(np.frombuffer(mapped, dtype=dt, count=n, offset=pos))
             pos += dt.itemsize * n
         return tuple(out)
