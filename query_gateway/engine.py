@@ -309,14 +309,16 @@ class SeriesStream:
         tier_weight = PROJECTED_ROW_WEIGHT if self.columns is not None and not self.replay else TIER_ROW_WEIGHT
         batch: list[Labels] = []
         acc = 0.0
+        first = True  # the first batch: ~full/16 rows read whatever they weigh (the first series leaves fast)
         for lab in self.labels:
             batch.append(lab)
             for si, bi, _ in self._entries[lab]:
                 m = segs[si].blocks[bi]
-                acc += m.stats.rows / max(1, m.stats.series) * (tier_weight if m.resolution_ms else raw_weight)
+                rows = m.stats.rows / max(1, m.stats.series)
+                acc += rows if first else rows * (tier_weight if m.resolution_ms else raw_weight)
             if acc >= budget:
                 yield batch
-                batch, acc, budget = [], 0.0, full
+                batch, acc, budget, first = [], 0.0, full, False
         if batch:
             yield batch
 
