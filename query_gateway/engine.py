@@ -363,16 +363,18 @@ class SeriesStream:
                 run_ends = np.r_[run_starts[1:], len(refs)]
                 buf, offsets, mins, maxs = encode_runs(ts, table.column("value").to_numpy(), run_starts, run_ends)
                 per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
-                c = np.r_[0, np.cumsum(per_run)]
+                c = np.r_[0, np.cumsum(per_run)].tolist()
+                at = offsets.tolist()
+                # kept entries own their bytes (a cached view would pin the whole piece's buffer)
+                own = np.copy if keep else _same
                 entries = []
-                for k, r0 in enumerate(run_starts):
-                    bi = keys[int(row_block[r0])][1]
-                    a, b = int(c[k]), int(c[k + 1])
-                    value = (buf[offsets[a]:offsets[b]].copy(), offsets[a:b + 1] - offsets[a], mins[a:b].copy(),
-                             maxs[a:b].copy())
+                for k, (blk, ref) in enumerate(zip(row_block[run_starts].tolist(), refs[run_starts].tolist())):
+                    bi = keys[blk][1]
+                    a, b = c[k], c[k + 1]
+                    value = (own(buf[at[a]:at[b]]), offsets[a:b + 1] - at[a], own(mins[a:b]), own(maxs[a:b]))
                     if keep:
-                        entries.append(((seg.blocks[bi].ulid, int(refs[r0]), "xor"), value))
-                    got[(si, bi, int(refs[r0]))] = value
+                        entries.append(((seg.blocks[bi].ulid, ref, "xor"), value))
+                    got[(si, bi, ref)] = value
                 cache.put_many(entries, memory=in_memory)
         return got
 
@@ -384,10 +386,15 @@ class SeriesStream:
         bufs, offs, mins, maxs = [], [], [], []
         base = 0
         for buf, o, mi, ma in entries:
-            sel = np.flatnonzero((ma >= lo) & (mi < hi))
-            if len(sel) == 0:
+            if not len(mi):
                 continue
-            a, b = int(sel[0]), int(sel[-1]) + 1
+            if mi[0] >= lo and ma[-1] < hi:  # the usual case: every chunk inside the range
+                a, b = 0, len(mi)
+            else:
+                sel = np.flatnonzero((ma >= lo) & (mi < hi))
+                if len(sel) == 0:
+                    continue
+                a, b = int(sel[0]), int(sel[-1]) + 1
             bufs.append(buf[o[a]:o[b]])
             offs.append(o[a:b] - o[a] + base)
             base += int(o[b] - o[a])
@@ -643,6 +650,10 @@ class SeriesStream:
                     out.parts.append(_merge_parts(pieces[si]))
             if out.parts:
                 yield out
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
 
 
 class _Gather:
