@@ -335,15 +335,14 @@ class SeriesStream:
         cache = self.engine.replay_cache
         got: dict[tuple[int, int, int], tuple] = {}
         missing: dict[tuple[int, int], list[int]] = {}
-        for lab in batch:
-            for si, bi, r in self._entries[lab]:
-                if segs[si].resolution != Resolution.RAW:
-                    continue
-                hit = cache.get((segs[si].blocks[bi].ulid, r, "xor"))
-                if hit is None:
-                    missing.setdefault((si, bi), []).append(r)
-                else:
-                    got[(si, bi, r)] = hit
+        want = [(si, bi, r) for lab in batch for si, bi, r in self._entries[lab]
+                if segs[si].resolution == Resolution.RAW]
+        for (si, bi, r), hit in zip(want, cache.get_many([(segs[si].blocks[bi].ulid, r, "xor")
+                                                          for si, bi, r in want])):
+            if hit is None:
+                missing.setdefault((si, bi), []).append(r)
+            else:
+                got[(si, bi, r)] = hit
         for si, seg in enumerate(segs):
             keys = [k for k in missing if k[0] == si]
             if not keys:
@@ -419,16 +418,16 @@ class SeriesStream:
         got: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         missing: dict[tuple[int, int], list[int]] = {}
         chunked = self._raw_chunk_parts(batch) if self.raw_chunks else {}
-        for lab in batch:
-            for si, bi, r in self._entries[lab]:
-                meta = segs[si].blocks[bi]
-                if self.raw_chunks and meta.resolution_ms == 0:
-                    continue
-                hit = cache.get((meta.ulid, r, self.replay_key if meta.resolution_ms else "raw"))
-                if hit is None:
-                    missing.setdefault((si, bi), []).append(r)
-                else:
-                    got[(si, bi, r)] = hit
+        want = [(si, bi, r) for lab in batch for si, bi, r in self._entries[lab]
+                if not (self.raw_chunks and segs[si].blocks[bi].resolution_ms == 0)]
+        replay_key = self.replay_key
+        for (si, bi, r), hit in zip(want, cache.get_many([
+                (segs[si].blocks[bi].ulid, r, replay_key if segs[si].blocks[bi].resolution_ms else "raw")
+                for si, bi, r in want])):
+            if hit is None:
+                missing.setdefault((si, bi), []).append(r)
+            else:
+                got[(si, bi, r)] = hit
         for si, seg in enumerate(segs):
             keys = [k for k in missing if k[0] == si]
             if not keys:
@@ -566,13 +565,14 @@ class SeriesStream:
         in_memory, keep = cache.admits(self.estimate * 8 * (len(self.columns) + 2)) if tier_key else (False, False)
         wanted: dict[tuple[int, int], list[int]] = {}
         cached: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
-        for lab in batch:
-            for si, bi, r in self._entries[lab]:
-                if tier_key and segs[si].resolution != Resolution.RAW:
-                    hit = cache.get((segs[si].blocks[bi].ulid, r, tier_key))
-                    if hit is not None:
-                        cached[(si, bi, r)] = dict(zip(tier_names, hit))
-                        continue
+        entries = [e for lab in batch for e in self._entries[lab]]
+        tiered = [e for e in entries if tier_key and segs[e[0]].resolution != Resolution.RAW]
+        for (si, bi, r), hit in zip(tiered, cache.get_many([(segs[si].blocks[bi].ulid, r, tier_key)
+                                                            for si, bi, r in tiered])):
+            if hit is not None:
+                cached[(si, bi, r)] = dict(zip(tier_names, hit))
+        for si, bi, r in entries:
+            if (si, bi, r) not in cached:
                 wanted.setdefault((si, bi), []).append(r)
         spans: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # (seg, block, ref) -> (seg, off, n)
         arrays_of: dict[int, dict[str, np.ndarray]] = {}

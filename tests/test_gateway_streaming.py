@@ -456,3 +456,25 @@ def test_no_writable_directory_means_no_disk_tier(tmp_path):
     value = (np.arange(5), np.ones(5))
     cache.put_many([(("b", 1, "raw"), value)])
     assert cache.get(("b", 1, "raw")) is value
+
+
+def test_replay_cache_get_many_answers_from_both_tiers_in_key_order(tmp_path):
+    """A batch's lookups in one call: memory hits, disk-only hits (pushed out of memory) and
+    misses, each in its key's place, counted as hits and misses."""
+    from query_gateway.replaycache import ReplayCache
+
+    cache = ReplayCache(10_000, 1 << 20, str(tmp_path))
+    values = {k: (np.arange(k * 100, k * 100 + 60, dtype=np.int64), np.full(60, float(k))) for k in range(12)}
+    cache.put_many([(("b", k, "raw"), v) for k, v in values.items()])  # ~1 KiB each: the oldest leave memory
+    in_memory = [k for k in values if ("b", k, "raw") in cache._items]
+    assert 0 not in in_memory and {5, 11} <= set(in_memory)
+    keys = [("b", k, "raw") for k in (11, 0, 99, 5, 0)] + [("other", 1, "raw")]
+    got = cache.get_many(keys)
+    assert [g is None for g in got] == [False, False, True, False, False, True]
+    for key, hit in zip(keys, got):
+        if hit is not None:
+            assert all(np.array_equal(a, b) for a, b in zip(hit, values[key[1]]))
+    assert got[0] is values[11] and got[3] is values[5]  # memory hits: the arrays kept
+    assert not got[1][0].flags.writeable and got[1] is not values[0]  # disk hits: views of the segment
+    assert (cache.hits, cache.misses) == (4, 2)
+    cache.close()
