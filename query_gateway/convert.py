@@ -24,7 +24,7 @@ import numpy as np
 
 from blocks.tiers import thanos_aggregates
 from query_gateway.engine import Part
-from query_gateway.fastxor import encode_runs
+from query_gateway.fastxor import _jit, encode_runs
 from query_gateway.wire import aggr_chunks_bytes, crc32c
 from query_gateway.xor import SAMPLES_PER_CHUNK, encode_xor
 
@@ -166,6 +166,21 @@ def series_chunks(part: Part, aggrs: list[str], per_chunk: int = SAMPLES_PER_CHU
     return aggr_chunks_bytes(encoded, mins, maxs)
 
 
+@_jit
+def _chunk_cumsum(x, starts, ends, out):
+    """out[s:e] = cumsum(x[s:e]) for every chunk (s, e) of any length: the same bits as numpy's
+    cumsum of each chunk."""
+    for k in range(len(starts)):
+        s, e = starts[k], ends[k]
+        if e <= s:
+            continue
+        acc = x[s]
+        out[s] = acc
+        for i in range(s + 1, e):
+            acc += x[i]
+            out[i] = acc
+
+
 def _counter_runs(part: Part, starts: np.ndarray, ends: np.ndarray):
     """Thanos's COUNTER samples of every chunk of windows, as one array of runs: per chunk, the
     first raw sample, the running totals from it, and the true last value at the last window."""
@@ -181,12 +196,9 @@ def _counter_runs(part: Part, starts: np.ndarray, ends: np.ndarray):
         bd[1:] = np.where(first[1:] >= last[:-1], first[1:] - last[:-1], first[1:])
     bd[starts] = 0.0  # each chunk's totals start from its own first raw value
     x = inc + bd
-    size = int(ends[0] - starts[0])  # every chunk but the last holds `size` windows
-    full = (n // size) * size
     totals = np.empty(n)
-    # Row-wise cumsums add in exactly the order a per-chunk loop (aggr_samples) does.
-    totals[:full] = np.cumsum(x[:full].reshape(-1, size), axis=1).ravel()
-    totals[full:] = np.cumsum(x[full:])
+    # added one by one within each chunk: exactly the order a per-chunk loop (aggr_samples) adds in
+    _chunk_cumsum(x, np.ascontiguousarray(starts, dtype=np.int64), np.ascontiguousarray(ends, dtype=np.int64), totals)
     totals += np.repeat(first[starts], ends - starts)
     run_len = ends - starts + 2
     run_starts = np.r_[0, np.cumsum(run_len)[:-1]].astype(np.int64)

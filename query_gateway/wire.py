@@ -329,7 +329,10 @@ def warning_response(text: str) -> bytes:
 def warm_up() -> None:
     """Compile every encoder of the serving path now (server start), with the argument types the
     queries use, so no query pays the compiler (or its memory) later."""
+    from query_gateway.convert import _chunk_cumsum
     from query_gateway.reader import _is_sorted
+
+    _chunk_cumsum(np.zeros(2), np.zeros(1, np.int64), np.full(1, 2, np.int64), np.zeros(2))
 
     _is_sorted(np.zeros(2, np.int64), np.zeros(2, np.uint32), np.arange(2, dtype=np.int64))
     ts = np.array([1000, 2000, 3000], dtype=np.int64)
