@@ -136,6 +136,17 @@ def _handler(gw: Gateway):
         def log_message(self, fmt, *args):  # quiet; /metrics has the numbers
             return
 
+        def setup(self) -> None:
+            super().setup()
+            # Responses go out in several writes (headers, then the body as it is made). With
+            # Nagle's algorithm on, a short write waits for the ACK of the previous one, which the
+            # client delays (~40 ms on Linux): a fifth of small remote reads took 45-50 ms
+            # instead of 5.
+            try:
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # not TCP (tests may hand over other sockets)
+                pass
+
         # ---- plumbing ------------------------------------------------------------------------
         def _send(self, status: int, body: bytes, ctype: str, extra: dict | None = None) -> None:
             self.send_response(status)

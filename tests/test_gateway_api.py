@@ -5,7 +5,9 @@ blocks, a counter reset at a chunk boundary, tenants, tokens, limits and bad inp
 from __future__ import annotations
 
 import json
+import socket
 import struct
+import threading
 import urllib.error
 import urllib.request
 
@@ -372,3 +374,28 @@ def test_http_label_and_series_endpoints_and_metrics(gateway):
     assert "strata_objstore_read_bytes_total" in text and "strata_gateway_blocks_loaded" in text
     for path in ("/-/healthy", "/-/ready"):
         assert http_status(url + path) == 200
+
+
+def test_http_responses_are_not_held_back_by_nagle(bucket):
+    """A response goes out in several writes (headers, then the body as it is made): with Nagle's
+    algorithm a short write waited for the client's delayed ACK, ~40 ms on Linux, on a fifth of
+    small remote reads. The gateway's connections write with TCP_NODELAY."""
+    grpc_server, http_server, channel, url = start(bucket)
+    nodelay = []
+    answered = threading.Event()
+    finish_request = http_server.finish_request
+
+    def recording(request, client_address):
+        finish_request(request, client_address)  # the handler has answered; the socket is still open
+        nodelay.append(request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        answered.set()
+
+    http_server.finish_request = recording
+    try:
+        headers, data = post(f"{url}/api/v1/read", read_request([("job", "a")], 0, D - 1))
+        assert data and answered.wait(10) and nodelay and all(nodelay)
+    finally:
+        channel.close()
+        grpc_server.stop(0)
+        http_server.shutdown()
+        http_server.server_close()
