@@ -33,7 +33,7 @@ from query_gateway.xor import SAMPLES_PER_CHUNK
 
 
 
-BATCH_SAMPLES = 750_000  # raw samples per read batch (tier windows weigh TIER_ROW_WEIGHT each)
+BATCH_SAMPLES = 750_000  # raw samples per read batch (tier windows weigh TIER_ROW_WEIGHT or PROJECTED_ROW_WEIGHT each)
 # Remote-read SAMPLES holds about twice as much per sample in flight (replays, their gathered
 # copies and the encoded body) as XOR chunks or aggregates do: its batches are half as big.
 # Measured over the dashboard panels: peak RSS +234 MiB over the start instead of +277.
