@@ -478,3 +478,28 @@ def test_replay_cache_get_many_answers_from_both_tiers_in_key_order(tmp_path):
     assert not got[1][0].flags.writeable and got[1] is not values[0]  # disk hits: views of the segment
     assert (cache.hits, cache.misses) == (4, 2)
     cache.close()
+
+
+def test_entries_reach_the_disk_tier_when_they_leave_memory(tmp_path):
+    """The disk tier holds what left memory: nothing while entries fit, the oldest once newer ones
+    push them out (then served from disk, same arrays), entries too big for memory at once, and
+    everything of a query not admitted to memory."""
+    from query_gateway.replaycache import ReplayCache
+
+    cache = ReplayCache(10_000, 1 << 20, str(tmp_path))
+    entry = {k: (np.arange(k, k + 60, dtype=np.int64), np.full(60, k / 3)) for k in range(12)}
+    cache.put_many([(("b", k, "raw"), entry[k]) for k in range(5)])
+    assert cache.disk.bytes == 0 and all(cache.get(("b", k, "raw")) is entry[k] for k in range(5))
+    cache.put_many([(("b", k, "raw"), entry[k]) for k in range(5, 12)])  # 12 x ~1 KiB > 10 kB: the oldest go
+    on_disk = [k for k in range(12) if ("b", k, "raw") in cache.disk._index]
+    in_memory = [k for k in range(12) if ("b", k, "raw") in cache._items]
+    assert on_disk and on_disk == [k for k in range(12) if k not in in_memory] and on_disk[0] == 0
+    for k in on_disk:
+        got = cache.get(("b", k, "raw"))
+        assert got is not entry[k] and all(np.array_equal(a, b) for a, b in zip(got, entry[k]))
+    big = (np.arange(2000, dtype=np.int64),)  # over an eighth of the memory tier: straight to disk
+    cache.put_many([(("b", "big", "raw"), big)])
+    assert ("b", "big", "raw") in cache.disk._index and ("b", "big", "raw") not in cache._items
+    cache.put_many([(("q", 1, "raw"), entry[1])], memory=False)
+    assert ("q", 1, "raw") in cache.disk._index and ("q", 1, "raw") not in cache._items
+    cache.close()
