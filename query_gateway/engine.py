@@ -328,44 +328,48 @@ class SeriesStream:
         self.samples_read += int(np.count_nonzero((ts >= lo) & (ts < hi)))
         self.engine._check_samples(self.samples_read)
 
+    def _lookup(self, entries: list[tuple[int, int, int]], kind: Callable[[BlockMeta], str]) -> tuple[dict, dict]:
+        """(hits, missing) of (segment, block, ref) entries in the replay cache, keyed (block,
+        ref, kind(block)): the cached arrays per entry, and the refs to read per (segment, block)."""
+        segs = self.plan.segments
+        hits: dict[tuple[int, int, int], tuple] = {}
+        missing: dict[tuple[int, int], list[int]] = {}
+        found = self.engine.replay_cache.get_many([(segs[si].blocks[bi].ulid, r, kind(segs[si].blocks[bi]))
+                                                   for si, bi, r in entries])
+        for (si, bi, r), hit in zip(entries, found):
+            if hit is None:
+                missing.setdefault((si, bi), []).append(r)
+            else:
+                hits[(si, bi, r)] = hit
+        return hits, missing
+
     def _raw_chunk_parts(self, batch: list[Labels]) -> dict[tuple[int, int, int], tuple]:
         """(segment, block, ref) -> XOR chunks of that series over the whole raw block: from the
         cache, or read, encoded in one call for the whole batch, and cached."""
         segs = self.plan.segments
         cache = self.engine.replay_cache
-        got: dict[tuple[int, int, int], tuple] = {}
-        missing: dict[tuple[int, int], list[int]] = {}
-        want = [(si, bi, r) for lab in batch for si, bi, r in self._entries[lab]
-                if segs[si].resolution == Resolution.RAW]
-        for (si, bi, r), hit in zip(want, cache.get_many([(segs[si].blocks[bi].ulid, r, "xor")
-                                                          for si, bi, r in want])):
-            if hit is None:
-                missing.setdefault((si, bi), []).append(r)
-            else:
-                got[(si, bi, r)] = hit
+        got, missing = self._lookup([e for lab in batch for e in self._entries[lab]
+                                     if segs[e[0]].resolution == Resolution.RAW], lambda m: "xor")
+        in_memory, keep = cache.admits(self.estimate * XOR_BYTES_PER_SAMPLE)
+        own = np.copy if keep else _same  # kept entries own their bytes (a view would pin a piece's buffer)
         for si, seg in enumerate(segs):
             keys = [k for k in missing if k[0] == si]
             if not keys:
                 continue
             items = [(seg.blocks[bi], np.array(sorted(missing[(si, bi)]), dtype=np.int64)) for _, bi in keys]
             lo, hi = min(m.min_time for m, _ in items), max(m.max_time for m, _ in items)
-            in_memory, keep = cache.admits(self.estimate * XOR_BYTES_PER_SAMPLE)
             # streamed in pieces: memory is a piece plus the chunks, so a batch can read much more
             for table, bounds in self.engine.reader.read_pieces(items, lo, hi):
                 ts = table.column("ts").to_numpy()
                 self._count_in_range(si, ts)
                 refs = table.column("series_ref").to_numpy(zero_copy_only=False)
-                row_block = np.repeat(np.arange(len(items)), np.diff(bounds))
-                start = np.ones(len(refs), dtype=bool)
-                start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+                row_block, start = _block_runs(refs, bounds)
                 run_starts = np.flatnonzero(start)
                 run_ends = np.r_[run_starts[1:], len(refs)]
                 buf, offsets, mins, maxs = encode_runs(ts, table.column("value").to_numpy(), run_starts, run_ends)
                 per_run = (run_ends - run_starts + SAMPLES_PER_CHUNK - 1) // SAMPLES_PER_CHUNK
                 c = np.r_[0, np.cumsum(per_run)].tolist()
                 at = offsets.tolist()
-                # kept entries own their bytes (a cached view would pin the whole piece's buffer)
-                own = np.copy if keep else _same
                 entries = []
                 for k, (blk, ref) in enumerate(zip(row_block[run_starts].tolist(), refs[run_starts].tolist())):
                     bi = keys[blk][1]
@@ -415,19 +419,10 @@ class SeriesStream:
         # A query whose replays would not fit the cache only churns it (and the heap): read
         # through without keeping anything.
         in_memory, keep = cache.admits(self.estimate * REPLAY_BYTES_PER_SAMPLE)
-        got: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
-        missing: dict[tuple[int, int], list[int]] = {}
         chunked = self._raw_chunk_parts(batch) if self.raw_chunks else {}
-        want = [(si, bi, r) for lab in batch for si, bi, r in self._entries[lab]
-                if not (self.raw_chunks and segs[si].blocks[bi].resolution_ms == 0)]
-        replay_key = self.replay_key
-        for (si, bi, r), hit in zip(want, cache.get_many([
-                (segs[si].blocks[bi].ulid, r, replay_key if segs[si].blocks[bi].resolution_ms else "raw")
-                for si, bi, r in want])):
-            if hit is None:
-                missing.setdefault((si, bi), []).append(r)
-            else:
-                got[(si, bi, r)] = hit
+        got, missing = self._lookup([e for lab in batch for e in self._entries[lab]
+                                     if not (self.raw_chunks and segs[e[0]].blocks[e[1]].resolution_ms == 0)],
+                                    lambda m: self.replay_key if m.resolution_ms else "raw")
         for si, seg in enumerate(segs):
             keys = [k for k in missing if k[0] == si]
             if not keys:
@@ -448,10 +443,7 @@ class SeriesStream:
                         arrays = decode_logical(table, meta0.resolution_ms, meta0.version, self.replay_columns)
                         arrays.pop("series_ref")
                     refs = table.column("series_ref").to_numpy(zero_copy_only=False)
-                    # parts: one per (block, series), in row order
-                    row_block = np.repeat(np.arange(len(group)), np.diff(bounds))
-                    part_start = np.ones(len(refs), dtype=bool)
-                    part_start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+                    row_block, part_start = _block_runs(refs, bounds)  # parts: one per (block, series)
                     first_rows = np.flatnonzero(part_start)
                     owners = [(items[group[int(row_block[r])]][0], keys[group[int(row_block[r])]][1], int(refs[r]))
                               for r in first_rows]
@@ -563,16 +555,12 @@ class SeriesStream:
         tier_names = ("ts", *sorted(self.columns)) if self.columns is not None else ()
         tier_key = "cols:" + ",".join(tier_names[1:]) if tier_names else None
         in_memory, keep = cache.admits(self.estimate * 8 * (len(self.columns) + 2)) if tier_key else (False, False)
-        wanted: dict[tuple[int, int], list[int]] = {}
-        cached: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
         entries = [e for lab in batch for e in self._entries[lab]]
-        tiered = [e for e in entries if tier_key and segs[e[0]].resolution != Resolution.RAW]
-        for (si, bi, r), hit in zip(tiered, cache.get_many([(segs[si].blocks[bi].ulid, r, tier_key)
-                                                            for si, bi, r in tiered])):
-            if hit is not None:
-                cached[(si, bi, r)] = dict(zip(tier_names, hit))
+        hits, wanted = self._lookup([e for e in entries if tier_key and segs[e[0]].resolution != Resolution.RAW],
+                                    lambda m: tier_key)
+        cached = {e: dict(zip(tier_names, hit)) for e, hit in hits.items()}
         for si, bi, r in entries:
-            if (si, bi, r) not in cached:
+            if tier_key is None or segs[si].resolution == Resolution.RAW:
                 wanted.setdefault((si, bi), []).append(r)
         spans: dict[tuple[int, int, int], tuple[int, int, int]] = {}  # (seg, block, ref) -> (seg, off, n)
         arrays_of: dict[int, dict[str, np.ndarray]] = {}
@@ -654,6 +642,14 @@ class SeriesStream:
 
 def _same(a: np.ndarray) -> np.ndarray:
     return a
+
+
+def _block_runs(refs: np.ndarray, bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(block of each row, where each (block, series) run starts) of a read piece."""
+    row_block = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+    start = np.ones(len(refs), dtype=bool)
+    start[1:] = (refs[1:] != refs[:-1]) | (row_block[1:] != row_block[:-1])
+    return row_block, start
 
 
 class _Gather:

@@ -333,7 +333,6 @@ def warm_up() -> None:
     from query_gateway.reader import _is_sorted
 
     _chunk_cumsum(np.zeros(2), np.zeros(1, np.int64), np.full(1, 2, np.int64), np.zeros(2))
-
     _is_sorted(np.zeros(2, np.int64), np.zeros(2, np.uint32), np.arange(2, dtype=np.int64))
     ts = np.array([1000, 2000, 3000], dtype=np.int64)
     v = np.array([1.0, 2.0, 3.5])
