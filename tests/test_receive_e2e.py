@@ -3,6 +3,7 @@ Prometheus's own TSDB), and kill -9 at random moments loses no acknowledged samp
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -176,7 +177,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_sample(tmp_path, procs):
             while not stop.is_set():                         # retry like Prometheus: 5xx and connection errors
                 try:
                     status, _ = post(rx.port, body, timeout=10)
-                except OSError:
+                except (OSError, http.client.HTTPException):  # also a reply cut off by the kill
                     errors["conn"] += 1
                     time.sleep(0.02)
                     continue
